@@ -16,7 +16,7 @@ var errNUL = errors.New("string literal contains a NUL byte")
 
 // quoteLiteral quotes s as an SQL string literal, the way libpq's
 // PQescapeLiteral does: quotes are doubled and, when s holds a backslash,
-// the E” form with doubled backslashes is used so the result reads the same
+// the E'...' form with doubled backslashes is used so the result reads the same
 // whatever standard_conforming_strings is.
 func quoteLiteral(s string) (string, error) {
 	if strings.IndexByte(s, 0) >= 0 {
