@@ -115,9 +115,6 @@ func checkTables(ctx context.Context, q queryRower) error {
 // checkReady checks the schema, the group roles and that the connection may
 // manage roles, and records the server's capabilities.
 func (s *txState) checkReady(ctx context.Context) error {
-	if err := checkTables(ctx, s.tx); err != nil {
-		return err
-	}
 	var user string
 	var super, createRole bool
 	err := s.tx.QueryRow(ctx, `
@@ -131,6 +128,9 @@ func (s *txState) checkReady(ctx context.Context) error {
 	if !super && !createRole {
 		return errorf(ErrCannotManageRoles, "the database user %q cannot create or alter roles: it needs CREATEROLE (ALTER ROLE %s CREATEROLE) or superuser",
 			user, quoteIdent(user))
+	}
+	if err := checkTables(ctx, s.tx); err != nil {
+		return err
 	}
 	for _, g := range []string{GroupReader, GroupWriter} {
 		var ok bool

@@ -525,19 +525,25 @@ func terminate(ctx context.Context, conn *pgx.Conn, roles []string) (map[string]
 	if len(roles) == 0 {
 		return nil, nil
 	}
+	// The call sits in the select list of a materialised CTE's result so
+	// that it only ever runs for rows that passed the filter (a WHERE
+	// clause may evaluate it first).
 	rows, err := conn.Query(ctx, `
-		SELECT usename::text, count(*)::int
-		FROM pg_stat_activity
-		WHERE usename = ANY ($1::text[]) AND pid <> pg_backend_pid() AND pg_terminate_backend(pid, 5000)
-		GROUP BY usename`, roles)
+		WITH s AS MATERIALIZED (
+			SELECT pid, usename::text AS usename FROM pg_stat_activity
+			WHERE usename = ANY ($1::text[]) AND pid <> pg_backend_pid()
+		)
+		SELECT usename, pg_terminate_backend(pid, 5000) FROM s`, roles)
 	if err != nil {
 		return nil, fmt.Errorf("terminate sessions: %w", err)
 	}
 	out := map[string]int{}
 	var role string
-	var n int
-	if _, err := pgx.ForEachRow(rows, []any{&role, &n}, func() error {
-		out[role] = n
+	var ok bool
+	if _, err := pgx.ForEachRow(rows, []any{&role, &ok}, func() error {
+		if ok {
+			out[role]++
+		}
 		return nil
 	}); err != nil {
 		return nil, fmt.Errorf("terminate sessions: %w", err)
