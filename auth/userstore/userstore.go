@@ -183,14 +183,13 @@ func checkTable(ctx context.Context, q Querier) error {
 	return nil
 }
 
-// Add stores a new user after checking its fields: the name, the verifier,
-// that its tenants exist, that a platform admin's tenants are all of type
-// platform, and that read-only and platform admin are not combined.
-func Add(ctx context.Context, db DB, u User) error {
+// Check runs every check Add makes except the verifier's: the name, the
+// pool mode, that read-only and platform admin are not combined, that no
+// user has the name yet, that the tenants exist and that a platform admin's
+// tenants are all of type platform. It lets a caller refuse a user before
+// asking for a password.
+func Check(ctx context.Context, db DB, u User) error {
 	if err := ValidateName(u.Name); err != nil {
-		return err
-	}
-	if err := ValidateVerifier(u.Verifier); err != nil {
 		return err
 	}
 	if err := validatePoolMode(u.PoolMode); err != nil {
@@ -202,7 +201,24 @@ func Add(ctx context.Context, db DB, u User) error {
 	if err := checkTable(ctx, db); err != nil {
 		return err
 	}
-	if err := checkTenants(ctx, db, u); err != nil {
+	var exists bool
+	if err := db.QueryRow(ctx, `SELECT EXISTS (SELECT 1 FROM vital.proxy_users WHERE name = $1)`, u.Name).Scan(&exists); err != nil {
+		return fmt.Errorf("look up user %q: %w", u.Name, err)
+	}
+	if exists {
+		return userExists(u.Name)
+	}
+	return checkTenants(ctx, db, u)
+}
+
+func userExists(name string) error { return errorf(ErrUserExists, "user %q already exists", name) }
+
+// Add stores a new user after the checks of Check and of ValidateVerifier.
+func Add(ctx context.Context, db DB, u User) error {
+	if err := ValidateVerifier(u.Verifier); err != nil {
+		return err
+	}
+	if err := Check(ctx, db, u); err != nil {
 		return err
 	}
 	_, err := db.Exec(ctx, `
@@ -211,7 +227,7 @@ func Add(ctx context.Context, db DB, u User) error {
 		u.Name, u.Verifier, u.Tenants, u.ReadOnly, u.PlatformAdmin, u.PoolMode)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
-		return errorf(ErrUserExists, "user %q already exists", u.Name)
+		return userExists(u.Name)
 	}
 	if err != nil {
 		return fmt.Errorf("add user %q: %w", u.Name, err)

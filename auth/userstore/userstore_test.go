@@ -151,7 +151,7 @@ func TestRoundTrip(t *testing.T) {
 			t.Fatal("password not replaced")
 		}
 		var plain int
-		if err := conn.QueryRow(ctx, `SELECT count(*) FROM vital.proxy_users WHERE password LIKE '%pw%'`).Scan(&plain); err != nil || plain != 0 {
+		if err := conn.QueryRow(ctx, `SELECT count(*) FROM vital.proxy_users WHERE password LIKE '%-pw%'`).Scan(&plain); err != nil || plain != 0 {
 			t.Fatalf("plaintext stored? %d %v", plain, err)
 		}
 	})
