@@ -167,7 +167,7 @@ func checkDefinerFunctions(ctx context.Context, conn *pgx.Conn, _ roles) ([]stri
 // every tenant may see anyway.
 func checkMaterializedViews(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, error) {
 	type mv struct {
-		schema, name           string
+		schema, name          string
 		sharingMode, isShared bool
 	}
 	rows, err := conn.Query(ctx, `
