@@ -1,0 +1,161 @@
+package proxy
+
+import (
+	"runtime"
+	"sync"
+
+	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/collectors"
+)
+
+// Metrics holds the proxy's Prometheus collectors. They are registered on a
+// private registry given to NewMetrics, never the global one. Safe for
+// concurrent use.
+type Metrics struct {
+	clientConnections   *prometheus.GaugeVec
+	connectionAttempts  *prometheus.CounterVec
+	sessionEnds         *prometheus.CounterVec
+	authFailures        *prometheus.CounterVec
+	contextInjections   *prometheus.CounterVec
+	sessionSetup        prometheus.Histogram
+	bytes               *prometheus.CounterVec
+	cancelRequests      *prometheus.CounterVec
+	upstreamConnectErrs prometheus.Counter
+	isolationCheck      *prometheus.GaugeVec
+	auditRuns           *prometheus.CounterVec
+	configReloads       *prometheus.CounterVec
+	buildInfo           *prometheus.GaugeVec
+
+	tenants *tenantLabels
+}
+
+// Directions of the bytes_total metric.
+const (
+	dirClientToServer = "client_to_server"
+	dirServerToClient = "server_to_client"
+)
+
+// NewMetrics builds the collectors and registers them on reg. tenantCap
+// bounds the distinct values of the tenant label; further tenants are
+// counted as tenant="other".
+func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metrics {
+	m := &Metrics{
+		clientConnections: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitalproxy_client_connections",
+			Help: "Client sessions currently forwarding, by tenant.",
+		}, []string{"tenant"}),
+		connectionAttempts: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_connection_attempts_total",
+			Help: "Client connections by setup outcome (ok, auth_failed, protocol_error, upstream_failed, cancel_request, ...).",
+		}, []string{"result"}),
+		sessionEnds: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_session_ends_total",
+			Help: "Forwarding sessions that ended, by reason (client_closed, server_closed, shutdown).",
+		}, []string{"reason"}),
+		authFailures: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_auth_failures_total",
+			Help: "Client authentication failures by reason.",
+		}, []string{"reason"}),
+		contextInjections: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_context_injections_total",
+			Help: "Tenant context assertions (set_tenant_context) by result.",
+		}, []string{"result"}),
+		sessionSetup: prometheus.NewHistogram(prometheus.HistogramOpts{
+			Name:    "vitalproxy_session_setup_seconds",
+			Help:    "Time from accepting a client to its first ReadyForQuery, for sessions that got one.",
+			Buckets: []float64{.001, .0025, .005, .01, .025, .05, .1, .25, .5, 1, 2.5, 5, 10},
+		}),
+		bytes: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_bytes_total",
+			Help: "Bytes forwarded by tenant and direction, counted when a session ends.",
+		}, []string{"tenant", "direction"}),
+		cancelRequests: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_cancel_requests_total",
+			Help: "Cancel requests by result: forwarded, unknown (no such key), refused (live process id, wrong key), error.",
+		}, []string{"result"}),
+		upstreamConnectErrs: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "vitalproxy_upstream_connect_errors_total",
+			Help: "Failed upstream logins as a tenant role.",
+		}),
+		isolationCheck: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitalproxy_isolation_check",
+			Help: "Result of each isolation audit check at the last audit: 1 pass, 0 fail.",
+		}, []string{"check"}),
+		auditRuns: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_audit_runs_total",
+			Help: "Isolation audit runs by result: pass, fail, error.",
+		}, []string{"result"}),
+		configReloads: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_config_reloads_total",
+			Help: "Configuration and directory reloads by result.",
+		}, []string{"result"}),
+		buildInfo: prometheus.NewGaugeVec(prometheus.GaugeOpts{
+			Name: "vitalproxy_build_info",
+			Help: "Build information; always 1.",
+		}, []string{"version", "goversion"}),
+		tenants: newTenantLabels(tenantCap),
+	}
+	reg.MustRegister(m.clientConnections, m.connectionAttempts, m.sessionEnds, m.authFailures,
+		m.contextInjections, m.sessionSetup, m.bytes, m.cancelRequests, m.upstreamConnectErrs,
+		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo)
+	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
+	for _, r := range []string{"ok", "failure"} {
+		m.contextInjections.WithLabelValues(r)
+	}
+	for _, r := range []cancelLookup{cancelFound, cancelUnknown, cancelRefused, "error"} {
+		m.cancelRequests.WithLabelValues(string(r))
+	}
+	for _, r := range []string{"success", "failure"} {
+		m.configReloads.WithLabelValues(r)
+	}
+	return m
+}
+
+// registerRuntime adds the Go runtime and process collectors to reg.
+func registerRuntime(reg prometheus.Registerer) {
+	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
+}
+
+// tenantMetrics are one tenant's collectors, looked up once per session so
+// the forwarding path touches no map.
+type tenantMetrics struct {
+	connections prometheus.Gauge
+	c2s, s2c    prometheus.Counter
+}
+
+func (m *Metrics) forTenant(slug string) tenantMetrics {
+	label := m.tenants.label(slug)
+	return tenantMetrics{
+		connections: m.clientConnections.WithLabelValues(label),
+		c2s:         m.bytes.WithLabelValues(label, dirClientToServer),
+		s2c:         m.bytes.WithLabelValues(label, dirServerToClient),
+	}
+}
+
+// tenantLabels caps the distinct tenant label values: the first cap tenants
+// seen keep their slug, later ones are reported as "other".
+type tenantLabels struct {
+	mu   sync.Mutex
+	cap  int
+	seen map[string]struct{}
+}
+
+// otherTenant is the label of tenants beyond the cap.
+const otherTenant = "other"
+
+func newTenantLabels(cap int) *tenantLabels {
+	return &tenantLabels{cap: cap, seen: make(map[string]struct{})}
+}
+
+func (t *tenantLabels) label(slug string) string {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if _, ok := t.seen[slug]; ok {
+		return slug
+	}
+	if len(t.seen) >= t.cap {
+		return otherTenant
+	}
+	t.seen[slug] = struct{}{}
+	return slug
+}

@@ -1,0 +1,464 @@
+package proxy
+
+import (
+	"context"
+	"crypto/tls"
+	"crypto/x509"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"os"
+	"path/filepath"
+	"strconv"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/config"
+)
+
+// Default intervals of the background work; see the With options.
+const (
+	DefaultDirectoryRefresh = 10 * time.Second
+	DefaultConfigPoll       = 3 * time.Second
+)
+
+// Option tunes a Server.
+type Option func(*options)
+
+type options struct {
+	unsafe     bool
+	version    string
+	loader     func() (*config.Config, error)
+	refresh    time.Duration
+	configPoll time.Duration
+}
+
+// WithUnsafe lets the server start although the isolation audit fails. The
+// failures, and the fact that the server runs unsafe, are logged at WARN on
+// every start.
+func WithUnsafe(unsafe bool) Option { return func(o *options) { o.unsafe = unsafe } }
+
+// WithVersion sets the version reported by vitalproxy_build_info.
+func WithVersion(v string) Option { return func(o *options) { o.version = v } }
+
+// WithConfigLoader gives the server a way to re-read its configuration on
+// Reload and when the config file changes. Without it Reload only refreshes
+// users and tenants from the database.
+func WithConfigLoader(load func() (*config.Config, error)) Option {
+	return func(o *options) { o.loader = load }
+}
+
+// WithDirectoryRefresh sets how often users and tenants are re-read from the
+// database (DefaultDirectoryRefresh); zero or less turns it off.
+func WithDirectoryRefresh(d time.Duration) Option { return func(o *options) { o.refresh = d } }
+
+// WithConfigPoll sets how often the config file's modification time is
+// checked (DefaultConfigPoll); zero or less turns it off.
+func WithConfigPoll(d time.Duration) Option { return func(o *options) { o.configPoll = d } }
+
+// runtimeConfig is one generation of configuration; a reload swaps in a new
+// one and sessions keep the generation they started with.
+type runtimeConfig struct {
+	cfg        *config.Config
+	auth       *auth.Authenticator
+	upstream   *pgconn.Config
+	upstreamDB string
+	secret     []byte
+	tls        *tls.Config
+}
+
+func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
+	if err := cfg.RequireServe(); err != nil {
+		return nil, err
+	}
+	secret, err := cfg.RoleSecretBytes()
+	if err != nil {
+		return nil, err
+	}
+	up, err := pgconn.ParseConfig(cfg.Upstream.URL)
+	if err != nil {
+		// pgconn's error may quote the URL with its password.
+		return nil, errors.New("upstream.url cannot be parsed as a PostgreSQL connection URL")
+	}
+	tc, err := buildTLS(cfg.TLS)
+	if err != nil {
+		return nil, err
+	}
+	return &runtimeConfig{
+		cfg:        cfg,
+		auth:       auth.NewAuthenticator(auth.Options{Methods: cfg.Auth.Methods, RolePrefix: cfg.RolePrefix, Secret: secret}),
+		upstream:   up,
+		upstreamDB: up.Database,
+		secret:     secret,
+		tls:        tc,
+	}, nil
+}
+
+// buildTLS loads the client-facing certificate; nil when TLS is off.
+func buildTLS(t config.TLS) (*tls.Config, error) {
+	if !t.Enabled() {
+		return nil, nil
+	}
+	cert, err := tls.LoadX509KeyPair(t.CertFile, t.KeyFile)
+	if err != nil {
+		return nil, fmt.Errorf("tls: load certificate: %w", err)
+	}
+	c := &tls.Config{Certificates: []tls.Certificate{cert}, MinVersion: tls.VersionTLS12}
+	if t.ClientCAFile != "" {
+		pem, err := os.ReadFile(t.ClientCAFile)
+		if err != nil {
+			return nil, fmt.Errorf("tls: read client_ca_file: %w", err)
+		}
+		pool := x509.NewCertPool()
+		if !pool.AppendCertsFromPEM(pem) {
+			return nil, fmt.Errorf("tls: client_ca_file %s holds no PEM certificate", t.ClientCAFile)
+		}
+		c.ClientCAs = pool
+		c.ClientAuth = tls.VerifyClientCertIfGiven
+	}
+	return c, nil
+}
+
+// Server is the proxy. Build it with New and start it with Run; its methods
+// are safe for concurrent use.
+type Server struct {
+	logger   *slog.Logger
+	opts     options
+	registry *prometheus.Registry
+	metrics  *Metrics
+	cancels  *cancelMap
+	admin    *adminConn
+
+	rt  atomic.Pointer[runtimeConfig]
+	dir atomic.Pointer[auth.Directory]
+
+	started  atomic.Bool
+	draining atomic.Bool
+	ready    chan struct{}
+	// clients counts sessions past the StartupMessage, for
+	// limits.max_client_conns.
+	clients atomic.Int64
+
+	mu          sync.Mutex
+	addr        net.Addr
+	socketAddr  net.Addr
+	metricsAddr net.Addr
+	sessions    map[*session]struct{}
+	sessionWG   sync.WaitGroup
+
+	reloadMu sync.Mutex
+	// fileStamp is the config file's modification time and size at the
+	// last load.
+	fileStamp string
+}
+
+// New checks cfg and builds a Server; it does no I/O. Run starts it.
+func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, error) {
+	if logger == nil {
+		logger = slog.New(slog.DiscardHandler)
+	}
+	o := options{version: "dev", refresh: DefaultDirectoryRefresh, configPoll: DefaultConfigPoll}
+	for _, opt := range opts {
+		opt(&o)
+	}
+	rt, err := buildRuntime(cfg)
+	if err != nil {
+		return nil, err
+	}
+	if cfg.Upstream.AdminURL == "" {
+		return nil, errors.New("no admin connection: set upstream.admin_url or database_url (the proxy reads users and tenants through it)")
+	}
+	reg := prometheus.NewRegistry()
+	registerRuntime(reg)
+	s := &Server{
+		logger:    logger,
+		opts:      o,
+		registry:  reg,
+		metrics:   NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
+		cancels:   newCancelMap(),
+		admin:     newAdminConn(string(cfg.Upstream.AdminURL)),
+		ready:     make(chan struct{}),
+		sessions:  make(map[*session]struct{}),
+		fileStamp: fileStamp(cfg.File),
+	}
+	s.rt.Store(rt)
+	return s, nil
+}
+
+// Ready is closed once the server accepts clients.
+func (s *Server) Ready() <-chan struct{} { return s.ready }
+
+// Addr returns the TCP address clients connect to (with the real port when
+// listen was port 0), or nil before Ready or without a TCP listener.
+func (s *Server) Addr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.addr
+}
+
+// SocketAddr returns the Unix socket address, or nil.
+func (s *Server) SocketAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.socketAddr
+}
+
+// MetricsAddr returns the address of the /metrics, /healthz and /readyz
+// endpoint, or nil before Ready or when metrics.listen is empty.
+func (s *Server) MetricsAddr() net.Addr {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.metricsAddr
+}
+
+// Gatherer returns the server's private metrics registry.
+func (s *Server) Gatherer() prometheus.Gatherer { return s.registry }
+
+func (s *Server) directory() *auth.Directory { return s.dir.Load() }
+
+// Run starts the server and blocks until ctx is cancelled and the sessions
+// have drained (or limits.shutdown_timeout passed and they were closed). It
+// fails before accepting anyone when the admin database is unreachable, the
+// users and tenants cannot be loaded, a listener cannot be opened, or the
+// isolation audit fails (unless WithUnsafe).
+func (s *Server) Run(ctx context.Context) error {
+	if !s.started.CompareAndSwap(false, true) {
+		return ErrServerClosed
+	}
+	defer s.admin.close()
+	rt := s.rt.Load()
+	if s.opts.unsafe {
+		s.logger.Warn("running with --unsafe: the proxy starts even if the isolation audit fails; tenant isolation is not verified")
+	}
+	if err := s.audit(ctx, true); err != nil {
+		return err
+	}
+	dir, err := s.loadDirectory(ctx, rt.cfg)
+	if err != nil {
+		return err
+	}
+	s.dir.Store(dir)
+
+	listeners, err := s.listen(rt.cfg)
+	if err != nil {
+		return err
+	}
+	httpSrv, err := s.startHTTP(rt.cfg)
+	if err != nil {
+		for _, l := range listeners {
+			_ = l.Close()
+		}
+		return err
+	}
+
+	// Sessions live in their own context, cancelled only when the drain
+	// deadline passes: a SIGTERM stops accepting but lets them finish.
+	sessCtx, killSessions := context.WithCancel(context.WithoutCancel(ctx))
+	defer killSessions()
+	bgCtx, stopBackground := context.WithCancel(ctx)
+	var bg sync.WaitGroup
+	bg.Add(1)
+	go func() {
+		defer bg.Done()
+		s.background(bgCtx)
+	}()
+	var accepting sync.WaitGroup
+	for _, l := range listeners {
+		accepting.Add(1)
+		go func() {
+			defer accepting.Done()
+			s.acceptLoop(sessCtx, l)
+		}()
+	}
+	if httpSrv != nil {
+		bg.Add(1)
+		go func() {
+			defer bg.Done()
+			httpSrv.serve()
+		}()
+	}
+	s.logger.Info("proxy ready", s.readyAttrs()...)
+	close(s.ready)
+
+	<-ctx.Done()
+	s.draining.Store(true)
+	for _, l := range listeners {
+		_ = l.Close()
+	}
+	accepting.Wait()
+	s.drain(rt.cfg.Limits.ShutdownTimeout, killSessions)
+	stopBackground()
+	if httpSrv != nil {
+		httpSrv.shutdown()
+	}
+	bg.Wait()
+	s.logger.Info("proxy stopped")
+	return nil
+}
+
+func (s *Server) readyAttrs() []any {
+	var attrs []any
+	if a := s.Addr(); a != nil {
+		attrs = append(attrs, "listen", a.String())
+	}
+	if a := s.SocketAddr(); a != nil {
+		attrs = append(attrs, "socket", a.String())
+	}
+	if a := s.MetricsAddr(); a != nil {
+		attrs = append(attrs, "metrics_listen", a.String())
+	}
+	return attrs
+}
+
+// listen opens the TCP listener and the Unix socket.
+func (s *Server) listen(cfg *config.Config) ([]net.Listener, error) {
+	var ls []net.Listener
+	closeAll := func() {
+		for _, l := range ls {
+			_ = l.Close()
+		}
+	}
+	port := 5432
+	if cfg.Listen != "" {
+		l, err := net.Listen("tcp", cfg.Listen)
+		if err != nil {
+			return nil, fmt.Errorf("listen on %s: %w", cfg.Listen, err)
+		}
+		ls = append(ls, l)
+		s.mu.Lock()
+		s.addr = l.Addr()
+		s.mu.Unlock()
+		if ta, ok := l.Addr().(*net.TCPAddr); ok {
+			port = ta.Port
+		}
+	}
+	if cfg.ListenSocketDir != "" {
+		path := filepath.Join(cfg.ListenSocketDir, ".s.PGSQL."+strconv.Itoa(port))
+		if err := removeStaleSocket(path); err != nil {
+			closeAll()
+			return nil, err
+		}
+		l, err := net.Listen("unix", path)
+		if err != nil {
+			closeAll()
+			return nil, fmt.Errorf("listen on %s: %w", path, err)
+		}
+		_ = os.Chmod(path, 0o777)
+		ls = append(ls, l)
+		s.mu.Lock()
+		s.socketAddr = l.Addr()
+		s.mu.Unlock()
+	}
+	return ls, nil
+}
+
+// removeStaleSocket removes a socket file left by a process that is gone,
+// and refuses to take over one that still answers.
+func removeStaleSocket(path string) error {
+	st, err := os.Lstat(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return nil
+	}
+	if err != nil {
+		return fmt.Errorf("check %s: %w", path, err)
+	}
+	if st.Mode()&os.ModeSocket == 0 {
+		return fmt.Errorf("%s exists and is not a socket", path)
+	}
+	if c, err := net.DialTimeout("unix", path, time.Second); err == nil {
+		_ = c.Close()
+		return fmt.Errorf("%s is in use by another process", path)
+	}
+	if err := os.Remove(path); err != nil {
+		return fmt.Errorf("remove stale socket %s: %w", path, err)
+	}
+	return nil
+}
+
+// acceptLoop accepts clients until l is closed.
+func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
+	var backoff time.Duration
+	for {
+		conn, err := l.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) {
+				return
+			}
+			// Out of file descriptors and the like: wait and retry.
+			if backoff == 0 {
+				backoff = 5 * time.Millisecond
+			} else if backoff < time.Second {
+				backoff *= 2
+			}
+			s.logger.Warn("accept failed", "error", err, "retry_in", backoff)
+			select {
+			case <-time.After(backoff):
+			case <-ctx.Done():
+				return
+			}
+			continue
+		}
+		backoff = 0
+		sess := newSession(s, conn, s.rt.Load())
+		s.track(sess)
+		go func() {
+			defer s.untrack(sess)
+			sess.run(ctx)
+		}()
+	}
+}
+
+// track registers a session for the drain.
+func (s *Server) track(sess *session) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	s.sessions[sess] = struct{}{}
+	s.sessionWG.Add(1)
+}
+
+func (s *Server) untrack(sess *session) {
+	s.mu.Lock()
+	delete(s.sessions, sess)
+	s.mu.Unlock()
+	s.sessionWG.Done()
+}
+
+// drain waits up to timeout for the sessions to end, then closes the rest.
+func (s *Server) drain(timeout time.Duration, kill context.CancelFunc) {
+	done := make(chan struct{})
+	go func() {
+		s.sessionWG.Wait()
+		close(done)
+	}()
+	s.mu.Lock()
+	n := len(s.sessions)
+	s.mu.Unlock()
+	if n > 0 {
+		s.logger.Info("draining sessions", "sessions", n, "timeout", timeout.String())
+	}
+	timer := time.NewTimer(timeout)
+	defer timer.Stop()
+	select {
+	case <-done:
+		return
+	case <-timer.C:
+	}
+	s.mu.Lock()
+	left := make([]*session, 0, len(s.sessions))
+	for sess := range s.sessions {
+		left = append(left, sess)
+	}
+	s.mu.Unlock()
+	s.logger.Warn("drain deadline passed, closing sessions", "sessions", len(left))
+	for _, sess := range left {
+		sess.forceClose()
+	}
+	kill()
+	<-done
+}

@@ -1,0 +1,505 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
+	"encoding/hex"
+	"errors"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"sort"
+	"sync"
+	"sync/atomic"
+	"syscall"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/vitalproxy/vitalproxy/auth"
+)
+
+// sessionState is where a session is in its life. The allowed transitions
+// are:
+//
+//	startup        -> tls, authenticating, closed
+//	tls            -> startup, closed
+//	authenticating -> connecting, closed
+//	connecting     -> injecting, closed
+//	injecting      -> forwarding, closed
+//	forwarding     -> draining, closed
+//	draining       -> closed
+//
+// A CancelRequest is served in the startup state and goes straight to
+// closed.
+type sessionState int32
+
+// The session states.
+const (
+	stateStartup sessionState = iota
+	stateTLS
+	stateAuthenticating
+	stateConnecting
+	stateInjecting
+	stateForwarding
+	stateDraining
+	stateClosed
+)
+
+var stateNames = [...]string{"startup", "tls", "authenticating", "connecting", "injecting", "forwarding", "draining", "closed"}
+
+func (s sessionState) String() string {
+	if s < 0 || int(s) >= len(stateNames) {
+		return fmt.Sprintf("state(%d)", int32(s))
+	}
+	return stateNames[s]
+}
+
+var transitions = map[sessionState][]sessionState{
+	stateStartup:        {stateTLS, stateAuthenticating, stateClosed},
+	stateTLS:            {stateStartup, stateClosed},
+	stateAuthenticating: {stateConnecting, stateClosed},
+	stateConnecting:     {stateInjecting, stateClosed},
+	stateInjecting:      {stateForwarding, stateClosed},
+	stateForwarding:     {stateDraining, stateClosed},
+	stateDraining:       {stateClosed},
+}
+
+// session is one client connection. Its goroutine owns everything except
+// the fields marked otherwise.
+type session struct {
+	srv    *Server
+	rt     *runtimeConfig
+	id     string
+	start  time.Time
+	remote string
+	logger *slog.Logger
+
+	// conn is the client connection (a *tls.Conn after an SSLRequest).
+	conn net.Conn
+
+	// state is read by the server (shutdown) as well.
+	state atomic.Int32
+	// forced is set by the server when the drain deadline passed.
+	forced atomic.Bool
+
+	// mu guards up against the server's force close.
+	mu sync.Mutex
+	up *upstream
+
+	user     string
+	tenant   string
+	key      cancelKey
+	hasKey   bool
+	counted  bool // counted in Server.clients
+	c2s, s2c int64
+}
+
+func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
+	var b [6]byte
+	_, _ = rand.Read(b[:])
+	s := &session{
+		srv:    srv,
+		rt:     rt,
+		id:     hex.EncodeToString(b[:]),
+		start:  time.Now(),
+		remote: conn.RemoteAddr().String(),
+		conn:   conn,
+	}
+	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
+	return s
+}
+
+// transition moves the session to state to, refusing moves that the state
+// diagram does not list.
+func (s *session) transition(to sessionState) error {
+	from := sessionState(s.state.Load())
+	if to == stateClosed && from != stateClosed {
+		s.state.Store(int32(to))
+		return nil
+	}
+	for _, ok := range transitions[from] {
+		if ok == to {
+			s.state.Store(int32(to))
+			return nil
+		}
+	}
+	return fmt.Errorf("session: illegal transition %s -> %s", from, to)
+}
+
+// must applies a transition that the code's structure guarantees; a
+// failure is a bug and ends the session as an internal error.
+func (s *session) must(to sessionState) error {
+	if err := s.transition(to); err != nil {
+		return newClientError(reasonInternal, codeInternalError, err, "internal error")
+	}
+	return nil
+}
+
+// run serves the client until the session ends. It closes the client
+// connection and, if there is one, the upstream connection.
+func (s *session) run(ctx context.Context) {
+	m := s.srv.metrics
+	defer func() {
+		if s.counted {
+			s.srv.clients.Add(-1)
+		}
+	}()
+	reason, err := s.setup(ctx)
+	if err != nil || reason != reasonNone {
+		s.refuse(reason, err)
+		s.closeAll()
+		_ = s.transition(stateClosed)
+		return
+	}
+	m.connectionAttempts.WithLabelValues("ok").Inc()
+	m.sessionSetup.Observe(time.Since(s.start).Seconds())
+	tm := m.forTenant(s.tenant)
+	tm.connections.Inc()
+	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
+
+	reason = s.forward(tm)
+
+	tm.connections.Dec()
+	s.srv.cancels.remove(s.key)
+	m.sessionEnds.WithLabelValues(reason.String()).Inc()
+	_ = s.transition(stateClosed)
+	s.logger.Info("session closed", "reason", reason.String(),
+		"duration_seconds", time.Since(s.start).Seconds(),
+		"bytes_client_to_server", s.c2s, "bytes_server_to_client", s.s2c)
+}
+
+// refuse ends a session that never reached forwarding: it tells the client
+// why (when there is someone to tell) and counts and logs the outcome.
+func (s *session) refuse(reason endReason, err error) {
+	m := s.srv.metrics
+	var ce *clientError
+	if err != nil {
+		ce = s.classify(err)
+		reason = ce.reason
+	}
+	if s.hasKey {
+		s.srv.cancels.remove(s.key)
+	}
+	m.connectionAttempts.WithLabelValues(reason.String()).Inc()
+	if reason == reasonCancelRequest {
+		return
+	}
+	if ce != nil && ce.code != "" {
+		s.sendFatal(ce.response())
+	}
+	attrs := []any{"reason", reason.String(), "duration_seconds", time.Since(s.start).Seconds()}
+	if s.user != "" {
+		attrs = append(attrs, "user", s.user)
+	}
+	if ce != nil {
+		if ce.code != "" {
+			attrs = append(attrs, "sqlstate", ce.code)
+		}
+		attrs = append(attrs, "error", ce.Error())
+	}
+	level := slog.LevelInfo
+	if reason == reasonInternal || reason == reasonContextFailed {
+		level = slog.LevelError
+	}
+	s.logger.Log(context.Background(), level, "session refused", attrs...)
+}
+
+// classify turns a setup error into a clientError. A zero code means the
+// client is gone or needs no answer.
+func (s *session) classify(err error) *clientError {
+	if s.forced.Load() {
+		return &clientError{reason: reasonShutdown, code: codeAdminShutdown,
+			message: "terminating connection because the proxy is shutting down", err: err}
+	}
+	var ce *clientError
+	if errors.As(err, &ce) {
+		return ce
+	}
+	var ne net.Error
+	if errors.As(err, &ne) && ne.Timeout() {
+		return &clientError{reason: reasonStartupTimeout, code: codeProtocolViolation,
+			message: "timeout expired during connection startup", err: err}
+	}
+	if isDisconnect(err) {
+		return &clientError{reason: reasonClientGone, err: err}
+	}
+	var ae *auth.Error
+	if errors.As(err, &ae) {
+		reason := ae.Reason
+		if reason == "" {
+			reason = "unknown"
+		}
+		s.srv.metrics.authFailures.WithLabelValues(reason).Inc()
+		code := ae.Code
+		if code == "" {
+			code = codeInvalidPassword
+		}
+		return &clientError{reason: reasonAuthFailed, code: code, message: ae.Message, err: err}
+	}
+	var re tls.RecordHeaderError
+	if errors.As(err, &re) {
+		return &clientError{reason: reasonProtocolError, err: err}
+	}
+	return &clientError{reason: reasonInternal, code: codeInternalError, message: "internal error", err: err}
+}
+
+// isDisconnect reports whether err means the peer went away.
+func isDisconnect(err error) bool {
+	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errClientTerminated)
+}
+
+// sendFatal writes one ErrorResponse to the client, best effort, under its
+// own short deadline (the startup deadline may have passed).
+func (s *session) sendFatal(msg *pgproto3.ErrorResponse) {
+	b, err := msg.Encode(nil)
+	if err != nil {
+		return
+	}
+	_ = s.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
+	_, _ = s.conn.Write(b)
+}
+
+// closeAll closes the client and the upstream connection.
+func (s *session) closeAll() {
+	_ = s.conn.Close()
+	s.mu.Lock()
+	if s.up != nil {
+		_ = s.up.conn.Close()
+	}
+	s.mu.Unlock()
+}
+
+// forceClose is called by the server when the drain deadline passed. A
+// forwarding session loses its upstream first, so that its forwarder tells
+// the client why before closing it.
+func (s *session) forceClose() {
+	s.forced.Store(true)
+	s.mu.Lock()
+	up := s.up
+	s.mu.Unlock()
+	if up != nil && sessionState(s.state.Load()) >= stateForwarding {
+		_ = up.conn.Close()
+		return
+	}
+	_ = s.conn.Close()
+}
+
+// maxPreludePackets bounds SSLRequest/GSSENCRequest packets before the
+// StartupMessage.
+const maxPreludePackets = 3
+
+// setup runs the startup phase up to and including the hand-over. It
+// returns reasonCancelRequest (and no error) for a cancel connection.
+func (s *session) setup(ctx context.Context) (endReason, error) {
+	rt := s.rt
+	lim := rt.cfg.Limits
+	if err := s.conn.SetDeadline(s.start.Add(lim.StartupTimeout)); err != nil {
+		return reasonNone, err
+	}
+	var (
+		pkt  *startupPacket
+		err  error
+		isTL bool
+	)
+	for i := 0; ; i++ {
+		if i > maxPreludePackets {
+			return reasonNone, protocolError("too many startup packets")
+		}
+		pkt, err = readStartupPacket(s.conn, lim.MaxStartupPacket)
+		if err != nil {
+			return reasonNone, err
+		}
+		switch pkt.kind {
+		case packetSSLRequest:
+			if isTL {
+				return reasonNone, protocolError("SSLRequest after TLS was negotiated")
+			}
+			if rt.tls == nil {
+				if _, err := s.conn.Write([]byte{'N'}); err != nil {
+					return reasonNone, err
+				}
+				continue
+			}
+			if _, err := s.conn.Write([]byte{'S'}); err != nil {
+				return reasonNone, err
+			}
+			if err := s.must(stateTLS); err != nil {
+				return reasonNone, err
+			}
+			tc := tls.Server(s.conn, rt.tls)
+			if err := tc.HandshakeContext(ctx); err != nil {
+				_ = tc.Close()
+				return reasonNone, &clientError{reason: reasonProtocolError, err: fmt.Errorf("TLS handshake: %w", err)}
+			}
+			s.conn = tc
+			isTL = true
+			if err := s.must(stateStartup); err != nil {
+				return reasonNone, err
+			}
+			continue
+		case packetGSSENCRequest:
+			if _, err := s.conn.Write([]byte{'N'}); err != nil {
+				return reasonNone, err
+			}
+			continue
+		case packetCancel:
+			s.serveCancel(ctx, pkt.cancel)
+			return reasonCancelRequest, nil
+		}
+		break
+	}
+	if s.srv.draining.Load() {
+		return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
+	}
+	params, err := filterStartupParams(pkt.startup.Parameters)
+	if err != nil {
+		return reasonNone, err
+	}
+	s.user = params.user
+	if len(params.dropped) > 0 {
+		s.logger.Debug("dropped startup parameters", "params", params.dropped)
+	}
+	if db := params.database; db != "" && db != rt.upstreamDB && db != params.user && db != userPart(params.user) {
+		return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
+	}
+	if max := lim.MaxClientConns; max > 0 && s.srv.clients.Load() >= int64(max) {
+		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
+	}
+	s.srv.clients.Add(1)
+	s.counted = true
+	wire := &clientWire{conn: s.conn, maxLen: lim.MaxStartupPacket}
+	if pkt.minor > 0 || len(pkt.unknownProto) > 0 {
+		sort.Strings(pkt.unknownProto)
+		if err := wire.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: pkt.unknownProto}); err != nil {
+			return reasonNone, err
+		}
+	}
+
+	if err := s.must(stateAuthenticating); err != nil {
+		return reasonNone, err
+	}
+	req := auth.Request{StartupUser: params.user, TLS: isTL}
+	if tc, ok := s.conn.(*tls.Conn); ok {
+		req.PeerCertificate = peerCertificate(tc)
+	}
+	id, err := rt.auth.Authenticate(ctx, s.srv.directory(), wire, req)
+	if err != nil {
+		return reasonNone, err
+	}
+	s.user = id.User
+	s.tenant = id.Tenant.Slug
+	s.logger = s.logger.With("tenant", id.Tenant.Slug)
+	// Authentication is over; nothing is read from the client until
+	// forwarding starts.
+	if err := s.conn.SetDeadline(time.Time{}); err != nil {
+		return reasonNone, err
+	}
+
+	if err := s.must(stateConnecting); err != nil {
+		return reasonNone, err
+	}
+	cctx := ctx
+	if d := rt.cfg.Upstream.ConnectTimeout; d > 0 {
+		var cancel context.CancelFunc
+		cctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	pc, err := dialUpstream(cctx, rt.upstream, id.Role, auth.RolePassword(rt.secret, id.Role), params.runtime)
+	if err != nil {
+		s.srv.metrics.upstreamConnectErrs.Inc()
+		return reasonNone, err
+	}
+	if err := s.must(stateInjecting); err != nil {
+		pc.Close(context.WithoutCancel(ctx))
+		return reasonNone, err
+	}
+	up, err := assertTenant(cctx, pc, id.Role, id.Tenant.ID)
+	if err != nil {
+		s.srv.metrics.contextInjections.WithLabelValues("failure").Inc()
+		return reasonNone, err
+	}
+	s.srv.metrics.contextInjections.WithLabelValues("ok").Inc()
+	s.mu.Lock()
+	s.up = up
+	s.mu.Unlock()
+	if s.forced.Load() {
+		return reasonNone, net.ErrClosed
+	}
+
+	key, err := s.srv.cancels.register(up)
+	if err != nil {
+		return reasonNone, err
+	}
+	s.key, s.hasKey = key, true
+	if err := wire.Send(handover(up.params, key)...); err != nil {
+		return reasonNone, err
+	}
+	if err := s.must(stateForwarding); err != nil {
+		return reasonNone, err
+	}
+	return reasonNone, nil
+}
+
+// handover returns the messages that end the startup phase: the upstream's
+// ParameterStatus messages, the proxy's BackendKeyData and ReadyForQuery.
+func handover(params map[string]string, key cancelKey) []pgproto3.BackendMessage {
+	names := make([]string, 0, len(params))
+	for k := range params {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
+	for _, k := range names {
+		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: params[k]})
+	}
+	msgs = append(msgs,
+		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret[:]},
+		&pgproto3.ReadyForQuery{TxStatus: 'I'})
+	return msgs
+}
+
+// userPart returns the user name without an "@tenant" suffix.
+func userPart(startupUser string) string {
+	for i := len(startupUser) - 1; i >= 0; i-- {
+		if startupUser[i] == '@' {
+			return startupUser[:i]
+		}
+	}
+	return startupUser
+}
+
+// peerCertificate returns the client's verified certificate, or nil.
+func peerCertificate(tc *tls.Conn) *x509.Certificate {
+	st := tc.ConnectionState()
+	if len(st.VerifiedChains) == 0 || len(st.PeerCertificates) == 0 {
+		return nil
+	}
+	return st.PeerCertificates[0]
+}
+
+// cancelTimeout bounds forwarding one cancel request upstream.
+const cancelTimeout = 10 * time.Second
+
+// serveCancel forwards a client's CancelRequest if it names a live session
+// with the right key; otherwise it drops it silently, as PostgreSQL does.
+func (s *session) serveCancel(ctx context.Context, req *pgproto3.CancelRequest) {
+	target, result := s.srv.cancels.lookup(req.ProcessID, req.SecretKey)
+	if target != nil {
+		cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
+		err := target.cancel(cctx)
+		cancel()
+		if err != nil {
+			result = "error"
+			s.logger.Warn("cancel request not delivered", "error", err)
+		}
+	}
+	if result == cancelRefused {
+		s.logger.Warn("cancel request with a wrong key for a live session refused")
+	}
+	s.srv.metrics.cancelRequests.WithLabelValues(string(result)).Inc()
+}
