@@ -237,11 +237,11 @@ func (s *Server) Run(ctx context.Context) error {
 		s.logger.Warn("running with --unsafe: the proxy starts even if the isolation audit fails; tenant isolation is not verified")
 	}
 	if err := s.audit(ctx, true); err != nil {
-		return err
+		return startErr(ctx, err)
 	}
 	dir, err := s.loadDirectory(ctx, rt.cfg)
 	if err != nil {
-		return err
+		return startErr(ctx, err)
 	}
 	s.dir.Store(dir)
 
@@ -300,6 +300,15 @@ func (s *Server) Run(ctx context.Context) error {
 	bg.Wait()
 	s.logger.Info("proxy stopped")
 	return nil
+}
+
+// startErr returns err unless ctx was cancelled during start-up, which is
+// a shutdown, not a failure.
+func startErr(ctx context.Context, err error) error {
+	if ctx.Err() != nil {
+		return nil
+	}
+	return err
 }
 
 func (s *Server) readyAttrs() []any {

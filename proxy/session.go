@@ -78,8 +78,11 @@ type session struct {
 	remote string
 	logger *slog.Logger
 
-	// conn is the client connection (a *tls.Conn after an SSLRequest).
+	// conn is the client connection (a *tls.Conn after an SSLRequest);
+	// only the session's goroutine uses it. raw is the accepted socket,
+	// which the server may close from another goroutine.
 	conn net.Conn
+	raw  net.Conn
 
 	// state is read by the server (shutdown) as well.
 	state atomic.Int32
@@ -108,6 +111,7 @@ func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
 		start:  time.Now(),
 		remote: conn.RemoteAddr().String(),
 		conn:   conn,
+		raw:    conn,
 	}
 	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
 	return s
@@ -286,7 +290,7 @@ func (s *session) forceClose() {
 		_ = up.conn.Close()
 		return
 	}
-	_ = s.conn.Close()
+	_ = s.raw.Close()
 }
 
 // maxPreludePackets bounds SSLRequest/GSSENCRequest packets before the
@@ -367,11 +371,10 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if db := params.database; db != "" && db != rt.upstreamDB && db != params.user && db != userPart(params.user) {
 		return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
 	}
-	if max := lim.MaxClientConns; max > 0 && s.srv.clients.Load() >= int64(max) {
+	s.counted = true
+	if n := s.srv.clients.Add(1); lim.MaxClientConns > 0 && n > int64(lim.MaxClientConns) {
 		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
 	}
-	s.srv.clients.Add(1)
-	s.counted = true
 	wire := &clientWire{conn: s.conn, maxLen: lim.MaxStartupPacket}
 	if pkt.minor > 0 || len(pkt.unknownProto) > 0 {
 		sort.Strings(pkt.unknownProto)
