@@ -108,8 +108,17 @@ func TestDial(t *testing.T) {
 			}
 		})
 	}
-	if n := d.CachedKeys(); n != 1 {
-		t.Errorf("cached keys = %d, want 1 (one role logged in successfully, repeatedly)", n)
+	// dh's keys and the fake ones PostgreSQL offered for the unknown role.
+	before := d.CachedKeys()
+	for range 3 {
+		conn, err := d.Dial(ctx, upstream.Options{Role: dh, TenantID: ids["digital-health-startup"]})
+		if err != nil {
+			t.Fatal(err)
+		}
+		conn.Terminate()
+	}
+	if after := d.CachedKeys(); before != 2 || after != before {
+		t.Errorf("cached keys: %d then %d; want 2 and no new entry for repeated logins", before, after)
 	}
 
 	wrong, _ := upstream.NewDialer(url, func(role string) string { return "wrong" }, 10*time.Second)
