@@ -6,53 +6,22 @@ import (
 	"testing"
 	"time"
 
-	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vitalproxy/vitalproxy/auth"
-	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
-	"github.com/vitalproxy/vitalproxy/migrations"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
+	"github.com/vitalproxy/vitalproxy/test/fixture"
 	"github.com/vitalproxy/vitalproxy/test/pgtest"
 )
 
 func TestMain(m *testing.M) { pgtest.Main(m) }
 
-var secret = []byte("upstream-test-secret-0123456789")
-
-// prepare migrates a fresh database, creates the tenant roles and returns
-// the database name and the MVP tenants' ids by slug.
-func prepare(t *testing.T) (string, map[string]string) {
-	t.Helper()
-	c := pgtest.Shared(t)
-	db := c.NewDatabase(t)
-	ctx := context.Background()
-	m, err := migrations.New(c.URL(db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer m.Close()
-	if _, err := m.Up(ctx); err != nil {
-		t.Fatal(err)
-	}
-	conn, err := pgx.Connect(ctx, c.URL(db))
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer conn.Close(ctx)
-	if _, err := tenantroles.New(conn, tenantroles.Options{Secret: secret, Prefix: "vt_"}).Sync(ctx); err != nil {
-		t.Fatal(err)
-	}
-	ids := map[string]string{}
-	rows, _ := conn.Query(ctx, "SELECT slug, id::text FROM tenants")
-	var slug, id string
-	pgx.ForEachRow(rows, []any{&slug, &id}, func() error { ids[slug] = id; return nil })
-	return db, ids
-}
+var secret = fixture.Secret
 
 func TestDial(t *testing.T) {
 	c := pgtest.Shared(t)
-	db, ids := prepare(t)
+	fx := fixture.New(t)
+	db, ids := fx.Name, fx.TenantIDs
 	url := c.URLFor("ignored", "ignored", db)
 	d, err := upstream.NewDialer(url, func(role string) string { return auth.RolePassword(secret, role) }, 10*time.Second)
 	if err != nil {

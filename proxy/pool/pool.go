@@ -1,0 +1,500 @@
+// Package pool keeps server connections per tenant role under one global
+// budget shared fairly across tenants.
+//
+// A backend only ever serves the role it logged in as, so pools are keyed by
+// role and a backend can never carry one tenant's session state to another
+// tenant. PostgreSQL's max_connections is one number however many tenants
+// there are, so all pools draw on one cap (MaxConns): idle capacity is lent
+// to busy tenants and taken back when a tenant without a backend waits (the
+// least recently used idle backend of another pool is closed for it).
+// Waiting clients are served round-robin across tenants, FIFO within one.
+package pool
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"sync"
+	"time"
+
+	"github.com/vitalproxy/vitalproxy/proxy/upstream"
+)
+
+// ErrQueueTimeout means no backend became free within Config.QueueTimeout.
+var ErrQueueTimeout = errors.New("no server connection became free in time")
+
+// ErrClosed means the pool was closed.
+var ErrClosed = errors.New("pool is closed")
+
+// Key names a pool: one login role of one tenant.
+type Key struct {
+	Tenant   string // slug: fairness, caps and metrics
+	TenantID string // asserted with set_tenant_context on every new backend
+	Role     string
+}
+
+// DialFunc opens a backend for key.
+type DialFunc func(ctx context.Context, key Key) (*upstream.Conn, error)
+
+// Config tunes a Pool.
+type Config struct {
+	// MaxConns caps server connections across all pools (required).
+	MaxConns int
+	// MaxConnsPerTenant caps one tenant's server connections; 0 = no cap
+	// beyond MaxConns. TenantMaxConns overrides it per tenant slug.
+	MaxConnsPerTenant int
+	TenantMaxConns    map[string]int
+	// QueueTimeout bounds how long Acquire waits; 0 waits for ctx alone.
+	QueueTimeout time.Duration
+	// IdleTimeout closes backends idle this long; 0 keeps them.
+	IdleTimeout time.Duration
+	// Lifetime closes backends this old when released; 0 keeps them.
+	Lifetime time.Duration
+	// OnWait, when set, observes how long each queued Acquire waited.
+	OnWait func(tenant string, waited time.Duration, ok bool)
+}
+
+// Backend is a server connection lent out by a Pool. The borrower has it
+// to itself until Release.
+type Backend struct {
+	*upstream.Conn
+	Key      Key
+	created  time.Time
+	lastUsed time.Time
+	// Reused is true when the backend served a client before.
+	Reused bool
+	// Data is free for the borrower (e.g. which settings were applied).
+	Data any
+}
+
+// Reason says why a backend was closed.
+type Reason string
+
+// Reasons for closing a backend.
+const (
+	ReasonBroken   Reason = "broken"   // the borrower said it is unusable
+	ReasonIdle     Reason = "idle"     // idle longer than IdleTimeout
+	ReasonLifetime Reason = "lifetime" // older than Lifetime
+	ReasonEvicted  Reason = "evicted"  // closed to make room for another tenant
+	ReasonShutdown Reason = "shutdown"
+)
+
+// Stats is a snapshot of one pool.
+type Stats struct {
+	Key      Key
+	Active   int // lent out
+	Idle     int
+	Waiting  int
+	Opened   uint64
+	Closed   map[Reason]uint64
+	Timeouts uint64
+}
+
+type keyPool struct {
+	key    Key
+	idle   []*Backend // most recently used last
+	active int
+	opened uint64
+	closed map[Reason]uint64
+	tmo    uint64
+}
+
+type waiter struct {
+	key   Key
+	ready chan grant
+}
+
+// grant is either a backend to use or the right to dial one.
+type grant struct {
+	b    *Backend
+	slot bool
+}
+
+// Pool is safe for concurrent use.
+type Pool struct {
+	cfg  Config
+	dial DialFunc
+
+	mu       sync.Mutex
+	closed   bool
+	total    int // backends open or being dialled
+	perTen   map[string]int
+	pools    map[Key]*keyPool
+	queues   map[string][]*waiter // by tenant
+	rotation []string             // tenants with waiters, next served first
+	done     chan struct{}
+	wg       sync.WaitGroup
+}
+
+// New returns a pool; Close stops its reaper.
+func New(cfg Config, dial DialFunc) (*Pool, error) {
+	if cfg.MaxConns < 1 {
+		return nil, fmt.Errorf("pool: MaxConns must be at least 1, got %d", cfg.MaxConns)
+	}
+	p := &Pool{cfg: cfg, dial: dial, perTen: map[string]int{}, pools: map[Key]*keyPool{},
+		queues: map[string][]*waiter{}, done: make(chan struct{})}
+	if cfg.IdleTimeout > 0 {
+		p.wg.Add(1)
+		go p.reap()
+	}
+	return p, nil
+}
+
+func (p *Pool) tenantCap(tenant string) int {
+	if n, ok := p.cfg.TenantMaxConns[tenant]; ok && n > 0 {
+		return n
+	}
+	return p.cfg.MaxConnsPerTenant
+}
+
+func (p *Pool) kp(key Key) *keyPool {
+	k := p.pools[key]
+	if k == nil {
+		k = &keyPool{key: key, closed: map[Reason]uint64{}}
+		p.pools[key] = k
+	}
+	return k
+}
+
+// Acquire lends a backend of key, reusing an idle one, dialling a new one
+// within the budget, or waiting in the tenant's queue.
+func (p *Pool) Acquire(ctx context.Context, key Key) (*Backend, error) {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return nil, ErrClosed
+	}
+	k := p.kp(key)
+	if b := p.takeIdle(k); b != nil {
+		p.mu.Unlock()
+		return b, nil
+	}
+	if p.reserveSlot(key) {
+		k.active++
+		p.mu.Unlock()
+		return p.open(ctx, key)
+	}
+	w := &waiter{key: key, ready: make(chan grant, 1)}
+	p.enqueue(w)
+	p.mu.Unlock()
+
+	start := time.Now()
+	var timeout <-chan time.Time
+	if p.cfg.QueueTimeout > 0 {
+		t := time.NewTimer(p.cfg.QueueTimeout)
+		defer t.Stop()
+		timeout = t.C
+	}
+	select {
+	case g := <-w.ready:
+		p.observe(key.Tenant, start, true)
+		return p.use(ctx, key, g)
+	case <-timeout:
+	case <-ctx.Done():
+	case <-p.done:
+	}
+	p.mu.Lock()
+	if p.dequeue(w) {
+		k.tmo++
+		p.mu.Unlock()
+		p.observe(key.Tenant, start, false)
+		if ctx.Err() != nil {
+			return nil, ctx.Err()
+		}
+		if p.isClosed() {
+			return nil, ErrClosed
+		}
+		return nil, ErrQueueTimeout
+	}
+	p.mu.Unlock()
+	// Granted while giving up: take it anyway.
+	p.observe(key.Tenant, start, true)
+	return p.use(ctx, key, <-w.ready)
+}
+
+func (p *Pool) isClosed() bool {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.closed
+}
+
+func (p *Pool) observe(tenant string, start time.Time, ok bool) {
+	if p.cfg.OnWait != nil {
+		p.cfg.OnWait(tenant, time.Since(start), ok)
+	}
+}
+
+func (p *Pool) use(ctx context.Context, key Key, g grant) (*Backend, error) {
+	if g.b != nil {
+		return g.b, nil
+	}
+	return p.open(ctx, key)
+}
+
+// open dials a backend into a reserved slot (already counted as active).
+func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
+	c, err := p.dial(ctx, key)
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := p.kp(key)
+	if err != nil {
+		k.active--
+		p.freeSlot(key)
+		return nil, err
+	}
+	k.opened++
+	now := time.Now()
+	return &Backend{Conn: c, Key: key, created: now, lastUsed: now}, nil
+}
+
+// takeIdle pops the most recently used idle backend of k. Caller holds mu.
+func (p *Pool) takeIdle(k *keyPool) *Backend {
+	n := len(k.idle)
+	if n == 0 {
+		return nil
+	}
+	b := k.idle[n-1]
+	k.idle = k.idle[:n-1]
+	k.active++
+	b.Reused = true
+	return b
+}
+
+// reserveSlot counts a new backend for key if the budget allows, closing
+// another pool's least recently used idle backend when the global cap is
+// reached. Caller holds mu.
+func (p *Pool) reserveSlot(key Key) bool {
+	if c := p.tenantCap(key.Tenant); c > 0 && p.perTen[key.Tenant] >= c {
+		return false
+	}
+	if p.total >= p.cfg.MaxConns && !p.evictLRU(key) {
+		return false
+	}
+	p.total++
+	p.perTen[key.Tenant]++
+	return true
+}
+
+// evictLRU closes the least recently used idle backend of a pool other than
+// key's. Caller holds mu.
+func (p *Pool) evictLRU(key Key) bool {
+	var victim *keyPool
+	for _, k := range p.pools {
+		if k.key == key || len(k.idle) == 0 {
+			continue
+		}
+		if victim == nil || k.idle[0].lastUsed.Before(victim.idle[0].lastUsed) {
+			victim = k
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	b := victim.idle[0]
+	victim.idle = victim.idle[1:]
+	p.discard(victim, b, ReasonEvicted)
+	return true
+}
+
+// discard closes b and frees its slot without granting it. Caller holds mu.
+func (p *Pool) discard(k *keyPool, b *Backend, why Reason) {
+	k.closed[why]++
+	p.total--
+	p.perTen[b.Key.Tenant]--
+	go b.Terminate() //nolint:errcheck // best effort; the socket is closed either way
+}
+
+// freeSlot returns a slot to the budget and passes it to the next waiter
+// that may use it. Caller holds mu.
+func (p *Pool) freeSlot(key Key) {
+	p.total--
+	p.perTen[key.Tenant]--
+	p.grantNext(nil)
+}
+
+// Release returns a backend. A reusable backend must be idle (ReadyForQuery
+// 'I', session state reset); anything else is closed.
+func (p *Pool) Release(b *Backend, reusable bool) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	k := p.kp(b.Key)
+	k.active--
+	now := time.Now()
+	switch {
+	case p.closed:
+		p.discard(k, b, ReasonShutdown)
+		return
+	case !reusable:
+		p.discard(k, b, ReasonBroken)
+		p.grantNext(nil)
+		return
+	case p.cfg.Lifetime > 0 && now.Sub(b.created) > p.cfg.Lifetime:
+		p.discard(k, b, ReasonLifetime)
+		p.grantNext(nil)
+		return
+	}
+	b.lastUsed = now
+	p.grantNext(b)
+}
+
+// grantNext serves the next waiter, round-robin across tenants, and
+// reports whether it served one. b, when not nil, is a just-released healthy
+// backend: handed to a waiter of its key, closed to make room for another
+// tenant's waiter, or kept idle. Caller holds mu.
+func (p *Pool) grantNext(b *Backend) bool {
+	for range len(p.rotation) {
+		tenant := p.rotation[0]
+		w := p.queues[tenant][0]
+		if b != nil && w.key == b.Key {
+			p.pop(tenant)
+			p.kp(b.Key).active++
+			b.Reused = true
+			w.ready <- grant{b: b}
+			return true
+		}
+		if c := p.tenantCap(tenant); c > 0 && p.perTen[tenant] >= c {
+			// At its cap: only its own releases can serve it.
+			p.rotation = append(p.rotation[1:], tenant)
+			continue
+		}
+		if b != nil {
+			p.discard(p.kp(b.Key), b, ReasonEvicted)
+			b = nil
+		}
+		if p.reserveSlot(w.key) {
+			p.pop(tenant)
+			p.kp(w.key).active++
+			w.ready <- grant{slot: true}
+			return true
+		}
+		p.rotation = append(p.rotation[1:], tenant)
+	}
+	if b != nil {
+		k := p.kp(b.Key)
+		k.idle = append(k.idle, b)
+	}
+	return false
+}
+
+func (p *Pool) enqueue(w *waiter) {
+	t := w.key.Tenant
+	if len(p.queues[t]) == 0 {
+		p.rotation = append(p.rotation, t)
+	}
+	p.queues[t] = append(p.queues[t], w)
+}
+
+// pop removes tenant's first waiter and moves tenant to the back of the
+// rotation (or out of it).
+func (p *Pool) pop(tenant string) {
+	q := p.queues[tenant][1:]
+	p.rotation = p.rotation[1:]
+	if len(q) == 0 {
+		delete(p.queues, tenant)
+		return
+	}
+	p.queues[tenant] = q
+	p.rotation = append(p.rotation, tenant)
+}
+
+// dequeue removes w if it is still waiting. Caller holds mu.
+func (p *Pool) dequeue(w *waiter) bool {
+	t := w.key.Tenant
+	q := p.queues[t]
+	for i, x := range q {
+		if x != w {
+			continue
+		}
+		q = append(q[:i:i], q[i+1:]...)
+		if len(q) == 0 {
+			delete(p.queues, t)
+			for j, r := range p.rotation {
+				if r == t {
+					p.rotation = append(p.rotation[:j:j], p.rotation[j+1:]...)
+					break
+				}
+			}
+		} else {
+			p.queues[t] = q
+		}
+		return true
+	}
+	return false
+}
+
+func (p *Pool) reap() {
+	defer p.wg.Done()
+	tick := time.NewTicker(min(p.cfg.IdleTimeout/2, time.Second) + time.Millisecond)
+	defer tick.Stop()
+	for {
+		select {
+		case <-p.done:
+			return
+		case now := <-tick.C:
+			p.mu.Lock()
+			for _, k := range p.pools {
+				keep := k.idle[:0]
+				for _, b := range k.idle {
+					if now.Sub(b.lastUsed) > p.cfg.IdleTimeout {
+						p.discard(k, b, ReasonIdle)
+						continue
+					}
+					keep = append(keep, b)
+				}
+				clear(k.idle[len(keep):])
+				k.idle = keep
+			}
+			for p.grantNext(nil) {
+			}
+			p.mu.Unlock()
+		}
+	}
+}
+
+// Stats returns a snapshot of every pool.
+func (p *Pool) Stats() []Stats {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]Stats, 0, len(p.pools))
+	for _, k := range p.pools {
+		s := Stats{Key: k.key, Active: k.active, Idle: len(k.idle), Opened: k.opened,
+			Timeouts: k.tmo, Closed: make(map[Reason]uint64, len(k.closed))}
+		for r, n := range k.closed {
+			s.Closed[r] = n
+		}
+		for _, w := range p.queues[k.key.Tenant] {
+			if w.key == k.key {
+				s.Waiting++
+			}
+		}
+		out = append(out, s)
+	}
+	return out
+}
+
+// Total is the number of server connections open or being opened.
+func (p *Pool) Total() int {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	return p.total
+}
+
+// Close closes idle backends, fails waiters and stops the reaper. Backends
+// lent out are closed when released.
+func (p *Pool) Close() {
+	p.mu.Lock()
+	if p.closed {
+		p.mu.Unlock()
+		return
+	}
+	p.closed = true
+	close(p.done)
+	for _, k := range p.pools {
+		for _, b := range k.idle {
+			p.discard(k, b, ReasonShutdown)
+		}
+		k.idle = nil
+	}
+	p.mu.Unlock()
+	p.wg.Wait()
+}

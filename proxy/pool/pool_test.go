@@ -1,0 +1,258 @@
+package pool_test
+
+import (
+	"context"
+	"errors"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+
+	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/upstream"
+	"github.com/vitalproxy/vitalproxy/test/fixture"
+	"github.com/vitalproxy/vitalproxy/test/pgtest"
+	"go.uber.org/goleak"
+)
+
+func TestMain(m *testing.M) { pgtest.Main(m) }
+
+type env struct {
+	db     *fixture.DB
+	dialer *upstream.Dialer
+	dh, pl pool.Key
+	dials  atomic.Int64
+}
+
+func newEnv(t *testing.T) *env {
+	t.Helper()
+	c := pgtest.Shared(t)
+	fx := fixture.New(t)
+	d, err := upstream.NewDialer(c.URLFor("x", "x", fx.Name), func(role string) string {
+		return auth.RolePassword(fixture.Secret, role)
+	}, 10*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	key := func(slug string) pool.Key {
+		return pool.Key{Tenant: slug, TenantID: fx.TenantIDs[slug], Role: auth.RoleName(fixture.Prefix, slug, auth.ReadWrite)}
+	}
+	return &env{db: fx, dialer: d, dh: key("digital-health-startup"), pl: key("vital-platform")}
+}
+
+func (e *env) dial(ctx context.Context, k pool.Key) (*upstream.Conn, error) {
+	e.dials.Add(1)
+	return e.dialer.Dial(ctx, upstream.Options{Role: k.Role, TenantID: k.TenantID})
+}
+
+func newPool(t *testing.T, e *env, cfg pool.Config) *pool.Pool {
+	t.Helper()
+	p, err := pool.New(cfg, e.dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(p.Close)
+	return p
+}
+
+func acquire(t *testing.T, p *pool.Pool, k pool.Key) *pool.Backend {
+	t.Helper()
+	b, err := p.Acquire(context.Background(), k)
+	if err != nil {
+		t.Fatalf("acquire %s: %v", k.Role, err)
+	}
+	if b.Key != k {
+		t.Fatalf("got a backend of %v for %v", b.Key, k)
+	}
+	return b
+}
+
+// serverBackends counts the roles' sessions in pg_stat_activity.
+func serverBackends(t *testing.T, e *env) int {
+	t.Helper()
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.URL(e.db.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	var n int
+	if err := conn.QueryRow(ctx, "SELECT count(*) FROM pg_stat_activity WHERE usename = ANY($1)",
+		[]string{e.dh.Role, e.pl.Role}).Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	return n
+}
+
+func stats(p *pool.Pool, k pool.Key) pool.Stats {
+	for _, s := range p.Stats() {
+		if s.Key == k {
+			return s
+		}
+	}
+	return pool.Stats{Key: k}
+}
+
+func TestReuseKeepsOneBackendPerRole(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 4})
+	b := acquire(t, p, e.dh)
+	pid := b.PID
+	p.Release(b, true)
+	b = acquire(t, p, e.dh)
+	if b.PID != pid || !b.Reused {
+		t.Errorf("second acquire: pid %d (was %d), reused %v", b.PID, pid, b.Reused)
+	}
+	p.Release(b, true)
+	other := acquire(t, p, e.pl)
+	if other.PID == pid {
+		t.Fatal("a backend of one tenant's role was lent to another tenant")
+	}
+	p.Release(other, true)
+	if n := e.dials.Load(); n != 2 {
+		t.Errorf("dials = %d, want 2", n)
+	}
+	p.Release(acquire(t, p, e.dh), false)
+	if s := stats(p, e.dh); s.Closed[pool.ReasonBroken] != 1 || s.Idle != 0 {
+		t.Errorf("after releasing a broken backend: %+v", s)
+	}
+}
+
+func TestQueueTimeout(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 1, QueueTimeout: 200 * time.Millisecond})
+	held := acquire(t, p, e.dh)
+	defer p.Release(held, true)
+	_, err := p.Acquire(context.Background(), e.dh)
+	if !errors.Is(err, pool.ErrQueueTimeout) {
+		t.Fatalf("err = %v, want ErrQueueTimeout", err)
+	}
+	if s := stats(p, e.dh); s.Timeouts != 1 {
+		t.Errorf("timeouts = %d", s.Timeouts)
+	}
+}
+
+func TestIdleBackendOfAnotherTenantIsEvicted(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 2})
+	a1, a2 := acquire(t, p, e.dh), acquire(t, p, e.dh)
+	p.Release(a1, true)
+	p.Release(a2, true)
+	b := acquire(t, p, e.pl) // cap reached, dh has idle backends: one goes
+	defer p.Release(b, true)
+	if s := stats(p, e.dh); s.Closed[pool.ReasonEvicted] != 1 || s.Idle != 1 {
+		t.Errorf("dh pool after eviction: %+v", s)
+	}
+	if p.Total() != 2 {
+		t.Errorf("total = %d, want 2", p.Total())
+	}
+}
+
+func TestWaiterOfAnotherTenantGetsTheFreedSlot(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 2, QueueTimeout: 30 * time.Second})
+	a1, a2 := acquire(t, p, e.dh), acquire(t, p, e.dh)
+	got := make(chan *pool.Backend)
+	go func() {
+		b, err := p.Acquire(context.Background(), e.pl)
+		if err != nil {
+			t.Error(err)
+		}
+		got <- b
+	}()
+	for stats(p, e.pl).Waiting == 0 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.Release(a1, true)
+	b := <-got
+	if b == nil || b.Key != e.pl {
+		t.Fatalf("waiter got %+v", b)
+	}
+	p.Release(b, true)
+	p.Release(a2, true)
+	if n := serverBackends(t, e); n > 2 {
+		t.Errorf("%d server backends open, cap is 2", n)
+	}
+}
+
+// TestBusyTenantCannotStarveAnother: many clients of one tenant hammer a
+// small budget while one client of another tenant keeps getting served.
+func TestBusyTenantCannotStarveAnother(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 2, QueueTimeout: 20 * time.Second})
+	ctx, cancel := context.WithCancel(context.Background())
+	var wg sync.WaitGroup
+	var busyOps atomic.Int64
+	for range 8 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for ctx.Err() == nil {
+				b, err := p.Acquire(ctx, e.dh)
+				if err != nil {
+					return
+				}
+				time.Sleep(2 * time.Millisecond)
+				p.Release(b, true)
+				busyOps.Add(1)
+			}
+		}()
+	}
+	for busyOps.Load() < 20 {
+		time.Sleep(5 * time.Millisecond)
+	}
+	for i := range 10 {
+		b, err := p.Acquire(context.Background(), e.pl)
+		if err != nil {
+			t.Fatalf("quiet tenant's acquire %d: %v", i, err)
+		}
+		if p.Total() > 2 {
+			t.Errorf("total %d exceeds the cap", p.Total())
+		}
+		p.Release(b, true)
+	}
+	cancel()
+	wg.Wait()
+	if s := stats(p, e.pl); s.Timeouts != 0 {
+		t.Errorf("quiet tenant timed out %d times", s.Timeouts)
+	}
+}
+
+func TestPerTenantCap(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 10, MaxConnsPerTenant: 1, QueueTimeout: 100 * time.Millisecond})
+	a := acquire(t, p, e.dh)
+	if _, err := p.Acquire(context.Background(), e.dh); !errors.Is(err, pool.ErrQueueTimeout) {
+		t.Errorf("second dh backend: err = %v, want queue timeout at the tenant cap", err)
+	}
+	b := acquire(t, p, e.pl) // other tenants are not affected
+	p.Release(a, true)
+	p.Release(b, true)
+}
+
+func TestIdleTimeoutAndClose(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	p, err := pool.New(pool.Config{MaxConns: 2, IdleTimeout: 50 * time.Millisecond}, e.dial)
+	if err != nil {
+		t.Fatal(err)
+	}
+	p.Release(acquire(t, p, e.dh), true)
+	deadline := time.Now().Add(20 * time.Second)
+	for stats(p, e.dh).Closed[pool.ReasonIdle] == 0 && time.Now().Before(deadline) {
+		time.Sleep(20 * time.Millisecond)
+	}
+	if s := stats(p, e.dh); s.Closed[pool.ReasonIdle] != 1 || p.Total() != 0 {
+		t.Errorf("after idle timeout: %+v total %d", s, p.Total())
+	}
+	p.Close()
+	if _, err := p.Acquire(context.Background(), e.dh); !errors.Is(err, pool.ErrClosed) {
+		t.Errorf("acquire after close: %v", err)
+	}
+	time.Sleep(100 * time.Millisecond) // let the discard goroutines finish
+}
