@@ -125,7 +125,9 @@ func (db testDB) tenantLogin(t *testing.T, slug, capability string) *pgx.Conn {
 	db.exec(t, `GRANT `+group+` TO `+ident)
 	db.exec(t, `INSERT INTO vital.tenant_roles (role_name, tenant_id, capability)
 		SELECT $1, id, $2 FROM tenants WHERE slug = $3`, role, capability, slug)
-	return db.connect(t, db.c.URLFor(role, pw, db.name))
+	// Simple protocol: the connection survives DISCARD ALL (no cached
+	// prepared statements), like a plain psql session.
+	return db.connect(t, db.c.URLFor(role, pw, db.name)+"&default_query_exec_mode=simple_protocol")
 }
 
 // sqlState returns err's SQLSTATE, or "" if err is not a server error.
