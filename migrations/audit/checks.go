@@ -38,6 +38,7 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, r roles) ([]string, e
 		UNION ALL
 		SELECT tr.rolname || ': owns ' || c.oid::regclass::text
 		  FROM pg_catalog.pg_class c JOIN tr ON tr.oid = c.relowner
+		 WHERE c.relkind IN ('r', 'p', 'v', 'm', 'S', 'f')
 		UNION ALL
 		SELECT tr.rolname || ': owns function ' || p.oid::regprocedure::text
 		  FROM pg_catalog.pg_proc p JOIN tr ON tr.oid = p.proowner
