@@ -1,0 +1,35 @@
+package main
+
+import (
+	"context"
+	"strings"
+	"testing"
+
+	"github.com/jackc/pgx/v5"
+)
+
+func TestCheckCommand(t *testing.T) {
+	e := newMigrateEnv(t)
+	out, _, err := runCLI(t, "check")
+	if err == nil || !strings.Contains(out, "FAIL tenant_tables_rls") {
+		t.Errorf("check on an unmigrated database: %v\n%s", err, out)
+	}
+	e.mustRun(t, "migrate", "up")
+	out = e.mustRun(t, "check")
+	if l := lines(out); len(l) != 9 || strings.Contains(out, "FAIL") {
+		t.Errorf("check on a migrated database:\n%s", out)
+	}
+	conn, err := pgx.Connect(context.Background(), e.url)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(context.Background())
+	if _, err := conn.Exec(context.Background(), `GRANT DELETE ON agents TO vital_tenant_writer`); err != nil {
+		t.Fatal(err)
+	}
+	out, _, err = runCLI(t, "check")
+	if err == nil || err.Error() != "1 of 9 checks failed" ||
+		!strings.Contains(out, "FAIL tenant_privileges: vital_tenant_writer: table-level DELETE on agents") {
+		t.Errorf("check after GRANT DELETE: %v\n%s", err, out)
+	}
+}
