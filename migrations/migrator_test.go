@@ -126,9 +126,9 @@ func TestDownToZeroRemovesEverythingThenUp(t *testing.T) {
 		    UNION ALL SELECT 'function ' || p.oid::regprocedure::text FROM pg_proc p
 		     WHERE p.pronamespace = 'public'::regnamespace
 		    UNION ALL SELECT 'schema ' || nspname FROM pg_namespace WHERE nspname IN ('vital', 'auth')
-		    UNION ALL SELECT 'grant on schema public to ' || r.rolname FROM pg_roles r
-		     WHERE r.rolname LIKE 'vital\_%' AND has_schema_privilege(r.rolname, 'public', 'USAGE')
-		       AND NOT has_schema_privilege('public', 'public', 'USAGE')) x`)
+		    UNION ALL SELECT 'grant on schema public to ' || a.grantee::regrole::text
+		      FROM pg_namespace n, aclexplode(n.nspacl) a
+		     WHERE n.nspname = 'public' AND a.grantee <> 0 AND a.grantee::regrole::text LIKE 'vital\_%') x`)
 	if len(left) > 0 {
 		t.Errorf("left behind after down --to 0: %v", left)
 	}

@@ -1,6 +1,7 @@
 package migrations_test
 
 import (
+	"context"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -225,6 +226,54 @@ func TestExistingApplicationTables(t *testing.T) {
 	if n := scalar[int](t, conn, `SELECT count(*) FROM agents WHERE name = 'legacy'`); n != 1 {
 		t.Error("the application's agent is gone")
 	}
+}
+
+// TestNonSuperuserMigrator migrates as a role like Supabase's postgres:
+// not a superuser, but CREATEROLE, BYPASSRLS and owner of the database.
+func TestNonSuperuserMigrator(t *testing.T) {
+	db := newTestDB(t)
+	role, pw := "migrator_"+randomHex(3), randomHex(12)
+	db.exec(t, `CREATE ROLE `+role+` LOGIN CREATEROLE BYPASSRLS PASSWORD '`+pw+`'`)
+	t.Cleanup(func() {
+		ctx := context.Background()
+		for _, step := range []struct{ db, sql string }{
+			{"postgres", `ALTER DATABASE ` + db.name + ` OWNER TO ` + db.c.User},
+			{db.name, `REASSIGN OWNED BY ` + role + ` TO ` + db.c.User + `; DROP OWNED BY ` + role},
+			{"postgres", `DROP ROLE IF EXISTS ` + role},
+		} {
+			if err := db.c.Exec(ctx, step.db, step.sql); err != nil {
+				t.Logf("cleanup %s: %v", step.sql, err)
+			}
+		}
+	})
+	db.exec(t, `ALTER DATABASE `+db.name+` OWNER TO `+role)
+	m := newMigrator(t, db.c.URLFor(role, pw, db.name))
+	ctx := ctxT(t)
+	for _, step := range []func() ([]migrations.Result, error){
+		func() ([]migrations.Result, error) { return m.Up(ctx) },
+		func() ([]migrations.Result, error) { return m.DownTo(ctx, 0) },
+		func() ([]migrations.Result, error) { return m.Up(ctx) },
+	} {
+		if res, err := step(); err != nil || len(res) != len(allFiles) {
+			t.Fatalf("as %s: %v, %v", role, names(res), err)
+		}
+	}
+	checks, err := m.Verify(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range checks {
+		needsSuper := c.Name == migrations.CheckSeedTenantContext || c.Name == migrations.CheckSeedIsolation ||
+			c.Name == migrations.CheckSeedForgery
+		if needsSuper && (c.OK || !strings.Contains(c.Detail, "superuser")) {
+			t.Errorf("%s: want a failure saying it needs a superuser, got %s", c.Name, c)
+		}
+		if !needsSuper && !c.OK {
+			t.Errorf("%s", c)
+		}
+	}
+	// The superuser's verification of the same database passes.
+	assertVerifyPasses(t, db)
 }
 
 // TestUpSectionsAreIdempotent re-runs every Up section by hand, twice,

@@ -79,6 +79,9 @@ $$;
 
 REVOKE CREATE ON SCHEMA public FROM PUBLIC;
 GRANT USAGE ON SCHEMA public TO vital_tenant;
+-- ALTER ... OWNER TO vital_owner needs the new owner to hold CREATE on the
+-- schema (when the migrating role is not a superuser).
+GRANT CREATE ON SCHEMA public TO vital_owner;
 
 CREATE SCHEMA IF NOT EXISTS vital;
 ALTER SCHEMA vital OWNER TO vital_owner;
@@ -191,6 +194,7 @@ $$;
 DROP TABLE IF EXISTS vital.proxy_users;
 DROP TABLE IF EXISTS vital.migration_objects;
 REVOKE USAGE ON SCHEMA public FROM vital_tenant;
+REVOKE CREATE ON SCHEMA public FROM vital_owner;
 
 -- The schema goes when nothing else lives in it (the migration runner keeps
 -- its own bookkeeping there and removes it after the last Down).
