@@ -95,7 +95,8 @@ type queryRower interface {
 }
 
 // checkTables fails with ErrNotMigrated unless public.tenants and
-// vital.tenant_roles exist.
+// vital.tenant_roles exist, and with ErrRowSecurity when row-level security
+// filters public.tenants for the connection's role.
 func checkTables(ctx context.Context, q queryRower) error {
 	var tenants, roles bool
 	err := q.QueryRow(ctx, `SELECT to_regclass('public.tenants') IS NOT NULL, to_regclass('vital.tenant_roles') IS NOT NULL`).
@@ -108,6 +109,14 @@ func checkTables(ctx context.Context, q queryRower) error {
 		return errorf(ErrNotMigrated, "the database has no public.tenants table: run `vitalproxy migrate up` first")
 	case !roles:
 		return errorf(ErrNotMigrated, "the database has no vital.tenant_roles table: run `vitalproxy migrate up` first")
+	}
+	var filtered bool
+	var user string
+	if err := q.QueryRow(ctx, `SELECT row_security_active('public.tenants'), current_user::text`).Scan(&filtered, &user); err != nil {
+		return fmt.Errorf("check row-level security: %w", err)
+	}
+	if filtered {
+		return errorf(ErrRowSecurity, "row-level security hides tenants from the database user %q: manage tenants as a superuser or a role with BYPASSRLS", user)
 	}
 	return nil
 }

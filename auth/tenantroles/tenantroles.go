@@ -40,6 +40,10 @@ var (
 	// ErrCannotManageRoles: the connection's role has neither CREATEROLE nor
 	// SUPERUSER.
 	ErrCannotManageRoles = errors.New("cannot manage roles")
+	// ErrRowSecurity: row-level security hides tenants from the
+	// connection's role, so it cannot manage all of them (a sync would take
+	// the roles of hidden tenants for stale ones).
+	ErrRowSecurity = errors.New("tenants hidden by row-level security")
 )
 
 // detailError carries a one-line message for the user and a sentinel for
@@ -73,10 +77,13 @@ const (
 	StatusSuspended = "suspended"
 )
 
-// loginAllowed reports whether roles of a tenant with status may log in.
-// Anything but an active tenant is locked out (fail closed on statuses this
-// code does not know).
-func loginAllowed(status string) bool { return status == StatusActive }
+// StatusTrial is a tenant on trial; its roles may log in.
+const StatusTrial = "trial"
+
+// loginAllowed reports whether roles of a tenant with status may log in:
+// only active and trial tenants'. Any other status (suspended, cancelled, or
+// one this code does not know) locks the roles out.
+func loginAllowed(status string) bool { return status == StatusActive || status == StatusTrial }
 
 // Group roles tenant login roles belong to (created by the migrations).
 const (

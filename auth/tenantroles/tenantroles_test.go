@@ -42,7 +42,18 @@ func setup(t *testing.T) *env {
 	e := &env{c: c, db: db, prefix: fmt.Sprintf("t%d_", prefixSeq.Add(1))}
 	e.conn = e.connect(t, c.URL(db))
 	e.m = tenantroles.New(e.conn, tenantroles.Options{Secret: secret, Prefix: e.prefix})
+	// Give the tenants the migrations seed their roles, so that tests start
+	// from a synced database.
+	if _, err := e.m.Sync(context.Background()); err != nil {
+		t.Fatalf("initial sync: %v", err)
+	}
 	return e
+}
+
+// wantMappings is how many vital.tenant_roles rows the tenants need.
+func (e *env) wantMappings(t *testing.T) int {
+	t.Helper()
+	return e.count(t, `SELECT 2 * count(*) + count(*) FILTER (WHERE type = 'platform') FROM public.tenants`)
 }
 
 func (e *env) connect(t *testing.T, url string) *pgx.Conn {
@@ -151,8 +162,8 @@ func TestAddAndLogin(t *testing.T) {
 	}{
 		{slug: "acme", typ: "client", wantTier: "starter"},
 		{slug: "launch-excellence", typ: "solution", tier: "professional", wantTier: "professional"},
-		{slug: "digital-health-startup", typ: "industry", tier: "trial", wantTier: "trial"},
-		{slug: "vital-platform", typ: "platform", tier: "enterprise", wantTier: "enterprise", admin: true},
+		{slug: "brand-excellence", typ: "industry", tier: "free", wantTier: "free"},
+		{slug: "pharma-platform", typ: "platform", tier: "enterprise", wantTier: "enterprise", admin: true},
 	}
 	for _, tt := range tests {
 		t.Run("add/"+tt.typ, func(t *testing.T) {
@@ -195,13 +206,13 @@ func TestAddAndLogin(t *testing.T) {
 				if res.Err != nil || string(res.Rows[0][0]) != role {
 					t.Errorf("session_user as %s: %v %q", role, res.Err, res.Rows)
 				}
-				_, err := pc.Exec(ctx, `INSERT INTO public.agents (tenant_id, name) VALUES (NULL, 'x')`).ReadAll()
-				if role == ro {
-					if sqlState(err) != "42501" {
-						t.Errorf("INSERT as %s: err = %v, want SQLSTATE 42501", role, err)
-					}
-				} else if err != nil {
-					t.Errorf("INSERT as %s: %v", role, err)
+				_, err := pc.Exec(ctx, `INSERT INTO public.agents (name) VALUES ('x')`).ReadAll()
+				if role == ro && sqlState(err) != "42501" {
+					t.Errorf("INSERT as %s: err = %v, want SQLSTATE 42501", role, err)
+				}
+				res = pc.ExecParams(ctx, `SELECT has_table_privilege('public.agents', 'INSERT')::text`, nil, nil, nil, nil).Read()
+				if res.Err != nil || (string(res.Rows[0][0]) == "true") != (role != ro) {
+					t.Errorf("%s may INSERT into agents: %q, %v", role, res.Rows, res.Err)
 				}
 			}
 		})
@@ -218,19 +229,26 @@ func TestAddAndLogin(t *testing.T) {
 		if err != nil {
 			t.Fatal(err)
 		}
+		bySlug := map[string]tenantroles.Tenant{}
 		var slugs []string
 		for _, tn := range ts {
 			slugs = append(slugs, tn.Slug)
+			bySlug[tn.Slug] = tn
 		}
-		want := []string{"acme", "digital-health-startup", "launch-excellence", "vital-platform"}
-		if !slices.Equal(slugs, want) {
-			t.Fatalf("slugs = %v, want %v", slugs, want)
+		if !slices.IsSorted(slugs) {
+			t.Fatalf("slugs not sorted: %v", slugs)
 		}
-		if len(ts[3].Roles) != 3 || len(ts[0].Roles) != 2 {
-			t.Fatalf("roles: %v / %v", ts[0].Roles, ts[3].Roles)
+		for _, tt := range tests {
+			want := 2
+			if tt.admin {
+				want = 3
+			}
+			if got := bySlug[tt.slug]; len(got.Roles) != want || got.Type != tt.typ {
+				t.Fatalf("List has %s as %+v", tt.slug, got)
+			}
 		}
-		got, err := e.m.Get(ctx, "vital-platform")
-		if err != nil || got.ID != ts[3].ID || !slices.Equal(got.Roles, ts[3].Roles) {
+		got, err := e.m.Get(ctx, "pharma-platform")
+		if want := bySlug["pharma-platform"]; err != nil || got.ID != want.ID || !slices.Equal(got.Roles, want.Roles) {
 			t.Fatalf("Get = %+v, %v", got, err)
 		}
 		if _, err := e.m.Get(ctx, "nope"); !errors.Is(err, tenantroles.ErrUnknownTenant) {
@@ -278,7 +296,7 @@ func TestAddRejects(t *testing.T) {
 		{name: "name/empty", spec: tenantroles.Spec{Slug: "noname", Name: " ", Type: "client"}, want: tenantroles.ErrInvalidName},
 		{name: "name/newline", spec: tenantroles.Spec{Slug: "nl", Name: "a\nb", Type: "client"}, want: tenantroles.ErrInvalidName},
 		{name: "tier", spec: tenantroles.Spec{Slug: "badtier", Name: "X", Type: "client", Tier: "gold"},
-			want: tenantroles.ErrInvalidTier, wantMsg: `invalid subscription tier "gold": must be one of trial, starter, professional, enterprise`},
+			want: tenantroles.ErrInvalidTier, wantMsg: `invalid subscription tier "gold": must be one of free, starter, professional, enterprise`},
 		{name: "secret", m: noSecret, spec: tenantroles.Spec{Slug: "nosecret", Name: "X", Type: "client"}, want: tenantroles.ErrNoSecret},
 		{name: "rollback", spec: tenantroles.Spec{Slug: "boom", Name: "Boom", Type: "platform"}},
 	}
@@ -332,7 +350,7 @@ func TestLongSlug(t *testing.T) {
 			e.mustLogin(t, r)
 		}
 	}
-	if n := e.count(t, `SELECT count(DISTINCT role_name) FROM vital.tenant_roles`); n != 6 {
+	if n := e.count(t, `SELECT count(DISTINCT role_name) FROM vital.tenant_roles WHERE role_name LIKE $1`, e.prefix+"aaa%"); n != 6 {
 		t.Fatalf("distinct roles = %d, want 6", n)
 	}
 }
@@ -437,8 +455,8 @@ func TestSyncRepairsDrift(t *testing.T) {
 				t.Errorf("%s still has %d members", role, n)
 			}
 		}
-		if n := e.count(t, `SELECT count(*) FROM vital.tenant_roles`); n != 3+2+2 {
-			t.Errorf("mapping rows = %d, want 7", n)
+		if n, want := e.count(t, `SELECT count(*) FROM vital.tenant_roles`), e.wantMappings(t); n != want {
+			t.Errorf("mapping rows = %d, want %d", n, want)
 		}
 	})
 	t.Run("sync/second", func(t *testing.T) {
@@ -562,8 +580,9 @@ func TestPrivileges(t *testing.T) {
 	ctx := context.Background()
 	n := prefixSeq.Add(1)
 	weak := fmt.Sprintf("weak_admin_%d", n)
+	filtered := fmt.Sprintf("filtered_admin_%d", n)
 	roleAdmin := fmt.Sprintf("role_admin_%d", n)
-	for _, r := range []string{weak, roleAdmin} {
+	for _, r := range []string{weak, filtered, roleAdmin} {
 		e.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'pw'`, r))
 		e.exec(t, fmt.Sprintf(`GRANT USAGE ON SCHEMA vital TO %[1]s;
 			GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenants, vital.tenant_roles TO %[1]s`, r))
@@ -571,7 +590,8 @@ func TestPrivileges(t *testing.T) {
 			_ = e.c.Exec(context.Background(), e.db, fmt.Sprintf(`DROP OWNED BY %[1]s; DROP ROLE %[1]s`, r))
 		})
 	}
-	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE; GRANT pg_signal_backend TO %[1]s`, roleAdmin))
+	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE BYPASSRLS; GRANT pg_signal_backend TO %[1]s`, roleAdmin))
+	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE; ALTER ROLE %[2]s BYPASSRLS`, filtered, weak))
 
 	t.Run("no-createrole", func(t *testing.T) {
 		conn := e.connect(t, e.c.URLFor(weak, "pw", e.db))
@@ -584,6 +604,19 @@ func TestPrivileges(t *testing.T) {
 			t.Fatalf("Sync = %v", err)
 		}
 		if _, err := m.List(ctx); err != nil {
+			t.Fatalf("List = %v", err)
+		}
+	})
+	// Row-level security on tenants would hide tenants from the manager,
+	// and a sync would then take their roles' mapping rows for stale ones.
+	t.Run("row-security", func(t *testing.T) {
+		conn := e.connect(t, e.c.URLFor(filtered, "pw", e.db))
+		m := tenantroles.New(conn, tenantroles.Options{Secret: secret, Prefix: e.prefix})
+		want := fmt.Sprintf("row-level security hides tenants from the database user %q: manage tenants as a superuser or a role with BYPASSRLS", filtered)
+		if _, err := m.Sync(ctx); !errors.Is(err, tenantroles.ErrRowSecurity) || err.Error() != want {
+			t.Fatalf("Sync = %v", err)
+		}
+		if _, err := m.List(ctx); !errors.Is(err, tenantroles.ErrRowSecurity) {
 			t.Fatalf("List = %v", err)
 		}
 	})
@@ -676,9 +709,47 @@ func TestConcurrentSyncAcrossDatabases(t *testing.T) {
 		if err != nil || len(rep.Changes) != 0 {
 			t.Fatalf("final Sync = %q, %v", rep.Changes, err)
 		}
-		if n := e.count(t, `SELECT count(*) FROM vital.tenant_roles`); n != 15 {
-			t.Fatalf("mapping rows = %d", n)
+		if n, want := e.count(t, `SELECT count(*) FROM vital.tenant_roles`), e.wantMappings(t); n != want {
+			t.Fatalf("mapping rows = %d, want %d", n, want)
 		}
 	}
 	a.mustLogin(t, auth.RoleName(a.prefix, "three", auth.Admin))
+}
+
+func TestStatusDecidesLogin(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	tests := []struct {
+		status string
+		login  bool
+	}{
+		{"active", true},
+		{"trial", true},
+		{"suspended", false},
+		{"cancelled", false},
+	}
+	for _, tt := range tests {
+		t.Run("status/"+tt.status, func(t *testing.T) {
+			ten, err := e.m.Add(ctx, tenantroles.Spec{Slug: "s-" + tt.status, Name: tt.status, Type: "client"})
+			if err != nil {
+				t.Fatal(err)
+			}
+			e.exec(t, `UPDATE public.tenants SET status = $1 WHERE id = $2`, tt.status, ten.ID)
+			if _, err := e.m.Sync(ctx); err != nil {
+				t.Fatal(err)
+			}
+			for _, r := range ten.Roles {
+				if got := e.attrs(t, r).CanLogin; got != tt.login {
+					t.Errorf("%s: LOGIN = %v, want %v", r, got, tt.login)
+				}
+				pc, err := e.login(ctx, r)
+				if err == nil {
+					pc.Close(ctx)
+				}
+				if (err == nil) != tt.login {
+					t.Errorf("login as %s: %v", r, err)
+				}
+			}
+		})
+	}
 }

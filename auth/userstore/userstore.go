@@ -34,6 +34,9 @@ var (
 	ErrInvalid = errors.New("invalid user")
 	// ErrNotMigrated: vital.proxy_users does not exist.
 	ErrNotMigrated = errors.New("database not migrated")
+	// ErrRowSecurity: row-level security hides tenants from the connection's
+	// role, so tenant slugs cannot be checked.
+	ErrRowSecurity = errors.New("tenants hidden by row-level security")
 )
 
 type detailError struct {
@@ -142,6 +145,13 @@ func checkTenants(ctx context.Context, db DB, u User) error {
 			return errorf(ErrInvalid, "tenant %q is listed twice", s)
 		}
 		seen[s] = true
+	}
+	var filtered bool
+	if err := db.QueryRow(ctx, `SELECT row_security_active('public.tenants')`).Scan(&filtered); err != nil {
+		return fmt.Errorf("look up tenants: %w", err)
+	}
+	if filtered {
+		return errorf(ErrRowSecurity, "row-level security hides tenants from this database user: manage users as a superuser or a role with BYPASSRLS")
 	}
 	rows, err := db.Query(ctx, `SELECT slug::text, type::text FROM public.tenants WHERE slug = ANY ($1::text[])`, u.Tenants)
 	if err != nil {

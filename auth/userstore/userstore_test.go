@@ -28,10 +28,10 @@ func setup(t *testing.T) *pgx.Conn {
 		t.Fatal(err)
 	}
 	t.Cleanup(func() { conn.Close(context.Background()) })
-	_, err = conn.Exec(ctx, `INSERT INTO public.tenants (name, slug, type, subscription_tier) VALUES
-		('Platform', 'vital-platform', 'platform', 'enterprise'),
-		('Acme', 'acme', 'client', 'starter'),
-		('Globex', 'globex', 'industry', 'starter')`)
+	// The migrations seed vital-platform (platform) and
+	// digital-health-startup.
+	_, err = conn.Exec(ctx, `INSERT INTO public.tenants (name, slug, type) VALUES
+		('Acme', 'acme', 'client'), ('Globex', 'globex', 'industry')`)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -253,6 +253,34 @@ func TestValidateVerifier(t *testing.T) {
 				t.Fatalf("ValidateVerifier = %v, want ok=%v", err, tt.ok)
 			}
 		})
+	}
+}
+
+func TestRowSecurity(t *testing.T) {
+	conn := setup(t)
+	ctx := context.Background()
+	role := "filtered_user_admin"
+	if _, err := conn.Exec(ctx, `CREATE ROLE `+role+` LOGIN PASSWORD 'pw';
+		GRANT USAGE ON SCHEMA vital TO `+role+`; GRANT SELECT ON public.tenants TO `+role+`;
+		GRANT SELECT, INSERT ON vital.proxy_users TO `+role); err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() {
+		_, _ = conn.Exec(context.Background(), `DROP OWNED BY `+role+`; DROP ROLE `+role)
+	})
+	c := pgtest.Shared(t)
+	var db string
+	if err := conn.QueryRow(ctx, `SELECT current_database()`).Scan(&db); err != nil {
+		t.Fatal(err)
+	}
+	weak, err := pgx.Connect(ctx, c.URLFor(role, "pw", db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer weak.Close(ctx)
+	err = userstore.Add(ctx, weak, userstore.User{Name: "x", Verifier: verifier(t, "pw"), Tenants: []string{"acme"}})
+	if !errors.Is(err, userstore.ErrRowSecurity) {
+		t.Fatalf("Add = %v", err)
 	}
 }
 
