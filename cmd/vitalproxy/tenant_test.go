@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/migrations"
 	"github.com/vitalproxy/vitalproxy/test/pgtest"
 )
 
@@ -38,14 +39,21 @@ func newCLIEnv(t *testing.T) *cliEnv {
 	t.Helper()
 	c := pgtest.Shared(t)
 	db := c.NewDatabase(t)
-	if err := c.Exec(context.Background(), db, tenantTestSchema); err != nil {
-		t.Fatalf("bootstrap schema: %v", err)
+	m, err := migrations.New(c.URL(db))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer m.Close()
+	if _, err := m.Up(context.Background()); err != nil {
+		t.Fatalf("migrate up: %v", err)
 	}
 	e := &cliEnv{c: c, db: db, url: c.URL(db), prefix: fmt.Sprintf("c%d_", cliPrefixSeq.Add(1))}
 	t.Setenv("VITALPROXY_CONFIG", "")
 	t.Setenv("VITALPROXY_DATABASE_URL", e.url)
 	t.Setenv("VITALPROXY_ROLE_SECRET", base64.StdEncoding.EncodeToString(cliSecret))
 	t.Setenv("VITALPROXY_ROLE_PREFIX", e.prefix)
+	// Roles for the tenants the migrations seed.
+	e.mustRun(t, "", "tenant", "sync")
 	return e
 }
 
@@ -127,10 +135,10 @@ func TestTenantCommands(t *testing.T) {
 					}
 				}
 			}},
-		{name: "add/platform", args: []string{"tenant", "add", "--slug", "vital-platform", "--name", "VITAL", "--type", "platform", "--tier", "enterprise"},
-			want: []string{e.role("vital-platform", auth.Admin)},
+		{name: "add/platform", args: []string{"tenant", "add", "--slug", "pharma-platform", "--name", "Pharma", "--type", "platform", "--tier", "enterprise"},
+			want: []string{e.role("pharma-platform", auth.Admin)},
 			check: func(t *testing.T) {
-				if err := e.login(e.role("vital-platform", auth.Admin)); err != nil {
+				if err := e.login(e.role("pharma-platform", auth.Admin)); err != nil {
 					t.Error(err)
 				}
 			}},
@@ -141,12 +149,12 @@ func TestTenantCommands(t *testing.T) {
 		{name: "add/bad-slug", args: []string{"tenant", "add", "--slug", "Bad_Slug", "--name", "X", "--type", "client"},
 			wantErr: `invalid tenant slug "Bad_Slug": use 1 to 63 lower-case letters, digits and '-', starting with a letter or digit`},
 		{name: "add/bad-tier", args: []string{"tenant", "add", "--slug", "x", "--name", "X", "--type", "client", "--tier", "gold"},
-			wantErr: `invalid subscription tier "gold": must be one of trial, starter, professional, enterprise`},
+			wantErr: `invalid subscription tier "gold": must be one of free, starter, professional, enterprise`},
 		{name: "add/missing-flag", args: []string{"tenant", "add", "--slug", "x", "--type", "client"},
 			wantErr: `required flag(s) "name" not set`},
 		{name: "list", args: []string{"tenant", "list"},
 			want: []string{"SLUG", "acme", "Acme Pharma", "client", "starter", "active", e.role("acme", auth.ReadWrite) + "," + e.role("acme", auth.ReadOnly),
-				"vital-platform", "enterprise"}},
+				"pharma-platform", "enterprise"}},
 		{name: "sync/clean", args: []string{"tenant", "sync"}, want: []string{"tenant roles are in sync: nothing changed"}},
 		{name: "sync/drift", sql: "ALTER ROLE " + e.role("acme", auth.ReadOnly) + " BYPASSRLS; GRANT pg_read_all_data TO " + e.role("acme", auth.ReadWrite),
 			args: []string{"tenant", "sync"},
@@ -214,7 +222,7 @@ func TestTenantCommands(t *testing.T) {
 		})
 	}
 	secrets := []string{string(cliSecret), base64.StdEncoding.EncodeToString(cliSecret), "wrong-db-password", e.c.Password}
-	for _, slug := range []string{"acme", "vital-platform"} {
+	for _, slug := range []string{"acme", "pharma-platform", "vital-platform", "digital-health-startup"} {
 		for _, c := range []auth.Capability{auth.ReadWrite, auth.ReadOnly, auth.Admin} {
 			secrets = append(secrets, auth.RolePassword(cliSecret, e.role(slug, c)))
 		}
@@ -237,52 +245,3 @@ func TestTenantHelp(t *testing.T) {
 		}
 	}
 }
-
-// tenantTestSchema is the part of the database contract the tenant and user
-// commands rely on, standing in for the migrations in these tests.
-const tenantTestSchema = `
-DO $$
-BEGIN
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vital_owner') THEN CREATE ROLE vital_owner NOLOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vital_tenant') THEN CREATE ROLE vital_tenant NOLOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vital_tenant_writer') THEN CREATE ROLE vital_tenant_writer NOLOGIN; END IF;
-  IF NOT EXISTS (SELECT FROM pg_roles WHERE rolname = 'vital_operator') THEN CREATE ROLE vital_operator NOLOGIN; END IF;
-  IF NOT pg_has_role('vital_tenant_writer', 'vital_tenant', 'MEMBER') THEN GRANT vital_tenant TO vital_tenant_writer; END IF;
-  IF NOT pg_has_role('vital_operator', 'vital_tenant_writer', 'MEMBER') THEN GRANT vital_tenant_writer TO vital_operator; END IF;
-END $$;
-REVOKE CREATE ON SCHEMA public FROM PUBLIC;
-CREATE SCHEMA vital AUTHORIZATION vital_owner;
-CREATE TABLE public.tenants (
-  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  name varchar(255) NOT NULL,
-  slug varchar(100) NOT NULL UNIQUE,
-  type varchar(50) NOT NULL CHECK (type IN ('client', 'solution', 'industry', 'platform')),
-  subscription_tier varchar(50) NOT NULL CHECK (subscription_tier IN ('trial', 'starter', 'professional', 'enterprise')),
-  status varchar(50) NOT NULL DEFAULT 'active' CHECK (status IN ('active', 'suspended', 'trial', 'inactive')),
-  created_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE vital.tenant_roles (
-  role_name name PRIMARY KEY,
-  tenant_id uuid NOT NULL REFERENCES public.tenants(id) ON DELETE CASCADE,
-  capability text NOT NULL CHECK (capability IN ('rw', 'ro', 'admin'))
-);
-CREATE TABLE vital.proxy_users (
-  name text PRIMARY KEY,
-  password text NOT NULL,
-  tenants text[] NOT NULL,
-  read_only boolean NOT NULL DEFAULT false,
-  platform_admin boolean NOT NULL DEFAULT false,
-  pool_mode text,
-  created_at timestamptz NOT NULL DEFAULT now(),
-  updated_at timestamptz NOT NULL DEFAULT now()
-);
-CREATE TABLE public.agents (
-  id uuid PRIMARY KEY DEFAULT gen_random_uuid(),
-  tenant_id uuid REFERENCES public.tenants(id),
-  name text NOT NULL
-);
-ALTER TABLE public.agents OWNER TO vital_owner;
-GRANT USAGE ON SCHEMA public TO vital_tenant;
-GRANT SELECT ON public.agents TO vital_tenant;
-GRANT INSERT ON public.agents TO vital_tenant_writer;
-`

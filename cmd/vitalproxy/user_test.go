@@ -51,7 +51,7 @@ func TestUserCommands(t *testing.T) {
 	e := newCLIEnv(t)
 	e.mustRun(t, "", "tenant", "add", "--slug", "acme", "--name", "Acme", "--type", "client")
 	e.mustRun(t, "", "tenant", "add", "--slug", "globex", "--name", "Globex", "--type", "industry")
-	e.mustRun(t, "", "tenant", "add", "--slug", "vital-platform", "--name", "VITAL", "--type", "platform")
+	// vital-platform (a platform tenant) is seeded by the migrations.
 	const (
 		alicePW = "alice-secret-pw"
 		newPW   = "alice-new-secret"
