@@ -60,6 +60,10 @@ type bench struct {
 	secret  []byte
 	rwRole  string
 	pgbench string
+	// postmaster is the cluster's postmaster pid; eps the started
+	// endpoints.
+	postmaster int
+	eps        []*endpoint
 }
 
 // runResult is one pgbench run of one workload against one endpoint.
@@ -81,6 +85,10 @@ type runResult struct {
 	// ServerConns is the largest number of tenant-role backends the
 	// endpoint's process held during the run (-1 when not measured).
 	ServerConns int
+	// BusyPct is how busy the machine was, ForeignPct how much of it went
+	// to processes outside the benchmark, in percent of all CPUs.
+	BusyPct    float64
+	ForeignPct float64
 }
 
 // CPUPerTxn returns the endpoint's CPU microseconds per transaction.
@@ -101,6 +109,8 @@ func (o options) validate() error {
 		return errors.New("-scale must be at least 1")
 	case o.warmup < 0:
 		return errors.New("-warmup must not be negative")
+	case o.maxForeign < 0 || o.foreignRetries < 0:
+		return errors.New("-max-foreign and -foreign-retries must not be negative")
 	case o.sessionPool < 1 || o.txPool < 1:
 		return errors.New("-session-pool and -tx-pool must be at least 1")
 	}
@@ -149,6 +159,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (*report, err
 			return nil, err
 		}
 		eps = append(eps, ep)
+		b.eps = eps
 		if err := checkLogin(ctx, ep); err != nil {
 			return nil, fmt.Errorf("%s: login as %s failed: %w", ep.name, ep.user, err)
 		}
@@ -262,18 +273,39 @@ func (b *bench) startProfile(eps []*endpoint) (func(), error) {
 }
 
 // runOne runs one workload against one endpoint and measures it.
+// A run during which other processes used more than -max-foreign percent
+// of the machine is redone up to -foreign-retries times.
 func (b *bench) runOne(ctx context.Context, ep *endpoint, w workload, round, seconds int) runResult {
-	r := runResult{Workload: w.name, Endpoint: ep.name, Round: round, ServerConns: -1}
 	if ep.skip != nil {
 		if why := ep.skip(w); why != "" {
-			r.Status, r.Reason = "n/a", why
-			return r
+			return runResult{Workload: w.name, Endpoint: ep.name, Round: round, ServerConns: -1, Status: "n/a", Reason: why}
 		}
 	}
+	for attempt := 0; ; attempt++ {
+		r := b.measure(ctx, ep, w, round, seconds)
+		if r.Status != "ok" || b.opts.maxForeign <= 0 || r.ForeignPct <= b.opts.maxForeign ||
+			attempt >= b.opts.foreignRetries || ctx.Err() != nil {
+			return r
+		}
+		logf(b.stderr, "    other processes used %.0f%% of the machine (> %.0f%%): redoing this run", r.ForeignPct, b.opts.maxForeign)
+		select {
+		case <-ctx.Done():
+			return r
+		case <-time.After(2 * time.Second):
+		}
+	}
+}
+
+// measure runs pgbench once against ep and measures the endpoint and the
+// machine meanwhile.
+func (b *bench) measure(ctx context.Context, ep *endpoint, w workload, round, seconds int) runResult {
+	r := runResult{Workload: w.name, Endpoint: ep.name, Round: round, ServerConns: -1}
 	var sampler *connSampler
 	if ep.pid > 0 {
 		sampler = startConnSampler(ctx, b.sampler, ep.pid, b.cluster.Port, b.rwRole, b.db, sampleInterval)
 	}
+	meter := &machineMeter{postmaster: b.postmaster, others: b.pgbouncerCPU}
+	meter.start()
 	var c0 time.Duration
 	var cpuErr error
 	if ep.cpu != nil {
@@ -292,6 +324,7 @@ func (b *bench) runOne(ctx context.Context, ep *endpoint, w workload, round, sec
 			r.ServerConns = n
 		}
 	}
+	r.BusyPct, r.ForeignPct = meter.stop()
 	r.TPS, r.LatencyMS, r.ConnMS, r.Transactions = res.TPS, res.LatencyMS, res.ConnMS, res.Transactions
 	if err != nil {
 		r.Status, r.Reason = "failed", oneLine(err)
@@ -312,6 +345,7 @@ func (b *bench) runOne(ctx context.Context, ep *endpoint, w workload, round, sec
 	if r.ServerConns >= 0 {
 		line += fmt.Sprintf(" server_conns=%d", r.ServerConns)
 	}
+	line += fmt.Sprintf(" busy=%.0f%% foreign=%.0f%%", r.BusyPct, r.ForeignPct)
 	logf(b.stderr, "%s", line)
 	return r
 }
@@ -326,6 +360,9 @@ func (b *bench) setup(ctx context.Context) error {
 		return fmt.Errorf("start PostgreSQL: %w", err)
 	}
 	b.cluster = c
+	if data, err := os.ReadFile(filepath.Join(c.Dir, "data", "postmaster.pid")); err == nil {
+		b.postmaster, _ = strconv.Atoi(strings.TrimSpace(strings.SplitN(string(data), "\n", 2)[0]))
+	}
 	b.pgbench = filepath.Join(c.BinDir, "pgbench")
 	if _, err := os.Stat(b.pgbench); err != nil {
 		p, lerr := exec.LookPath("pgbench")
@@ -395,6 +432,19 @@ func (b *bench) setup(ctx context.Context) error {
 	return nil
 }
 
+// pgbouncerCPU returns the CPU seconds of the running PgBouncers.
+func (b *bench) pgbouncerCPU() float64 {
+	var t time.Duration
+	for _, ep := range b.eps {
+		if ep.kind == "pgbouncer" && ep.cpu != nil {
+			if d, err := ep.cpu(); err == nil {
+				t += d
+			}
+		}
+	}
+	return t.Seconds()
+}
+
 // close stops the cluster.
 func (b *bench) close() {
 	for _, c := range []*pgx.Conn{b.admin, b.sampler} {
@@ -436,7 +486,7 @@ func (b *bench) environment() []string {
 		env = append(env, fmt.Sprintf("pgbouncer: %s (session pool %d, transaction pool %d)", v, b.opts.sessionPool, b.opts.txPool))
 	}
 	env = append(env,
-		fmt.Sprintf("run: -T %ds, %d interleaved rounds, warm-up %s, scale %d", pgbenchSeconds(b.opts.duration), b.opts.repeats, b.opts.warmup, b.opts.scale),
+		fmt.Sprintf("run: -T %ds, %d interleaved rounds, warm-up %s, scale %d, max-foreign %.0f%% (retries %d)", pgbenchSeconds(b.opts.duration), b.opts.repeats, b.opts.warmup, b.opts.scale, b.opts.maxForeign, b.opts.foreignRetries),
 		"pg: "+strings.Join(clusterSettings, ", ")+", fsync = off, synchronous_commit = off",
 		fmt.Sprintf("roles: every endpoint logs in as or through tenant %s's read-write role %s (not a superuser)", benchTenant, b.rwRole),
 	)

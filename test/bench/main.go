@@ -48,17 +48,22 @@ type options struct {
 	txPool        int
 	pgbouncer     string
 	proxyLogLevel string
+	// maxForeign (percent, 0 = off) and foreignRetries redo runs that
+	// other processes disturbed.
+	maxForeign     float64
+	foreignRetries int
 }
 
 func defaultOptions() options {
 	return options{
-		duration:      10 * time.Second,
-		repeats:       3,
-		warmup:        3 * time.Second,
-		scale:         10,
-		sessionPool:   100,
-		txPool:        20,
-		proxyLogLevel: "warn",
+		duration:       10 * time.Second,
+		repeats:        3,
+		warmup:         3 * time.Second,
+		scale:          10,
+		sessionPool:    100,
+		txPool:         20,
+		proxyLogLevel:  "warn",
+		foreignRetries: 2,
 	}
 }
 
@@ -77,6 +82,8 @@ func main() {
 	fs.IntVar(&o.txPool, "tx-pool", o.txPool, "server connections of the transaction-mode poolers (PgBouncer default_pool_size, vitalproxy pool.max_server_conns_per_tenant)")
 	fs.StringVar(&o.pgbouncer, "pgbouncer", "", "PgBouncer binary (default /usr/sbin/pgbouncer, else pgbouncer on PATH)")
 	fs.StringVar(&o.proxyLogLevel, "proxy-log-level", o.proxyLogLevel, "log level of the in-process proxy (debug, info, warn, error)")
+	fs.Float64Var(&o.maxForeign, "max-foreign", 0, "on a shared machine: redo a run when processes outside the benchmark used more than this percent of all CPUs (0 = off)")
+	fs.IntVar(&o.foreignRetries, "foreign-retries", o.foreignRetries, "how often -max-foreign redoes one run")
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {

@@ -56,6 +56,9 @@ type summaryRow struct {
 	// ServerConns is the most tenant-role backends the endpoint's process
 	// held in any round (-1 when not measured).
 	ServerConns int
+	// ForeignPct is the median share of all CPUs used outside the
+	// benchmark during the rounds.
+	ForeignPct float64
 	// Rounds holds each round's TPS, "failed" or "n/a".
 	Rounds []string
 	Failed int
@@ -119,7 +122,7 @@ func (r *report) summarize() {
 			if e.Kind == "vitalproxy" && has("pgbouncer-"+e.Mode) {
 				row.Peer = "pgbouncer-" + e.Mode
 			}
-			var tps, lat, conn, cpu, xd, xp []float64
+			var tps, lat, conn, cpu, xd, xp, foreign []float64
 			for round := 1; round <= r.Options.repeats; round++ {
 				res, ok := byKey[key{w, e.Name, round}]
 				switch {
@@ -138,7 +141,12 @@ func (r *report) summarize() {
 					}
 					continue
 				}
-				row.Rounds = append(row.Rounds, fmt.Sprintf("%.0f", res.TPS))
+				mark := ""
+				if res.ForeignPct > foreignWarn {
+					mark = "*"
+				}
+				row.Rounds = append(row.Rounds, fmt.Sprintf("%.0f%s", res.TPS, mark))
+				foreign = append(foreign, res.ForeignPct)
 				tps = append(tps, res.TPS)
 				lat = append(lat, res.LatencyMS)
 				if res.ConnMS > 0 {
@@ -175,6 +183,9 @@ func (r *report) summarize() {
 				row.CPUPerTxn, row.HasCPU = median(cpu), true
 			}
 			row.XDirect, row.XPeer = ratioOf(xd), ratioOf(xp)
+			if len(foreign) > 0 {
+				row.ForeignPct = median(foreign)
+			}
 			if e.Kind == "vitalproxy" && e.Mode == "transaction" && e.Pool > 0 && row.ServerConns > e.Pool && !warned[e.Name] {
 				warned[e.Name] = true
 				r.Notes = append(r.Notes, fmt.Sprintf("%s held %d server connections in %s, more than its pool of %d: pool.mode transaction is not in effect in this build, so its rows measure session mode", e.Name, row.ServerConns, w, e.Pool))
@@ -185,12 +196,16 @@ func (r *report) summarize() {
 }
 
 // columns are the table's headers.
-var columns = []string{"workload", "endpoint", "TPS (median)", "x direct", "x PgBouncer (same mode)", "latency ms", "conn ms", "CPU us/txn", "server conns", "TPS per round / note"}
+var columns = []string{"workload", "endpoint", "TPS (median)", "x direct", "x PgBouncer (same mode)", "latency ms", "conn ms", "CPU us/txn", "server conns", "foreign %", "TPS per round / note"}
+
+// foreignWarn marks rounds during which processes outside the benchmark
+// used more than this share of the machine.
+const foreignWarn = 10.0
 
 // cells renders a row for the tables.
 func (row summaryRow) cells() []string {
 	if row.Status != "ok" {
-		return []string{row.Workload, row.Endpoint, row.Status, "", "", "", "", "", "", row.Reason}
+		return []string{row.Workload, row.Endpoint, row.Status, "", "", "", "", "", "", "", row.Reason}
 	}
 	xd := row.XDirect.String()
 	if row.Endpoint == "direct" {
@@ -212,7 +227,7 @@ func (row summaryRow) cells() []string {
 		rounds += fmt.Sprintf(" (%d failed: %s)", row.Failed, row.Reason)
 	}
 	return []string{row.Workload, row.Endpoint, fmt.Sprintf("%.0f", row.TPS), xd, xp,
-		fmt.Sprintf("%.3f", row.LatencyMS), conn, cpu, sc, rounds}
+		fmt.Sprintf("%.3f", row.LatencyMS), conn, cpu, sc, fmt.Sprintf("%.1f", row.ForeignPct), rounds}
 }
 
 // legend explains the columns.
@@ -222,6 +237,7 @@ var legend = []string{
 	"latency ms: pgbench's average latency (without connection time); conn ms: pgbench's average connection time under -C.",
 	"CPU us/txn: CPU time of the endpoint's own process over the run divided by the transactions: the in-process proxy's getrusage(RUSAGE_SELF) delta (the harness only waits for pgbench meanwhile; pgbench is a child and does not count), PgBouncer's utime+stime from /proc/<pid>/stat (10 ms ticks).",
 	"server conns: the most backends of the tenant role that the endpoint's process held at once (sampled every 500 ms; PgBouncer keeps idle ones pooled); direct has one per client.",
+	"foreign %: median share of all CPUs used during the runs by processes outside the benchmark (other users, steal; not the cluster, pgbench, the endpoints, irq/softirq or kernel threads); rounds above 10% are marked *.",
 	"x PgBouncer compares vitalproxy with pgbouncer-session and vitalproxy-tx with pgbouncer-tx.",
 }
 
@@ -263,7 +279,7 @@ func (r *report) markdown() string {
 	}
 	b.WriteString("\n| " + strings.Join(columns, " | ") + " |\n|")
 	for i := range columns {
-		if i >= 2 && i <= 8 {
+		if i >= 2 && i <= 9 {
 			b.WriteString("---:|")
 		} else {
 			b.WriteString("---|")
