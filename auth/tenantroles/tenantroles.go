@@ -71,14 +71,13 @@ const (
 // Types lists the tenant types the tenants table accepts.
 var Types = []string{TypeClient, TypeSolution, TypeIndustry, TypePlatform}
 
-// Tenant statuses set by Suspend and Resume.
+// Tenant statuses: Suspend and Resume set suspended and active; roles of
+// active and trial tenants may log in.
 const (
 	StatusActive    = "active"
+	StatusTrial     = "trial"
 	StatusSuspended = "suspended"
 )
-
-// StatusTrial is a tenant on trial; its roles may log in.
-const StatusTrial = "trial"
 
 // loginAllowed reports whether roles of a tenant with status may log in:
 // only active and trial tenants'. Any other status (suspended, cancelled, or
