@@ -3,6 +3,7 @@ package migrations_test
 import (
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 )
@@ -274,6 +275,35 @@ func TestCustomAgentLimit(t *testing.T) {
 	}
 	if _, err := dh.Exec(ctx, `UPDATE agents SET deleted_at = NULL WHERE name = 'agent-1'`); sqlState(err) != "23514" {
 		t.Fatalf("undelete beyond the limit: err = %v", err)
+	}
+	// Concurrent inserts take turns: the second sees the first's rows.
+	db.exec(t, `UPDATE agents SET deleted_at = now() WHERE deleted_at IS NULL`)
+	other := db.tenantLogin(t, "digital-health-startup", "rw")
+	tx, err := dh.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, `INSERT INTO agents (name) SELECT 'a-' || i FROM generate_series(1, 30) i`); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() {
+		_, err := other.Exec(ctx, `INSERT INTO agents (name) SELECT 'b-' || i FROM generate_series(1, 30) i`)
+		done <- err
+	}()
+	select {
+	case err := <-done:
+		t.Fatalf("a concurrent insert did not wait for the first: %v", err)
+	case <-time.After(300 * time.Millisecond):
+	}
+	if err := tx.Commit(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if err := <-done; sqlState(err) != "23514" {
+		t.Fatalf("concurrent insert past the limit: err = %v", err)
+	}
+	if n := scalar[int](t, db.admin(t), `SELECT count(*) FROM agents WHERE deleted_at IS NULL`); n != 30 {
+		t.Errorf("%d live agents, want 30", n)
 	}
 	// The platform has no limit.
 	db.exec(t, `INSERT INTO agents (tenant_id, name) SELECT (SELECT id FROM tenants WHERE slug = 'vital-platform'), 'p-' || i

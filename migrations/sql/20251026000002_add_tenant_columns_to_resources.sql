@@ -13,7 +13,7 @@
 -- sharing_mode is private, tenants (shared_with lists the tenants) or global;
 -- is_shared must agree with it.
 --
--- A trigger enforces tenants.limits.max_agents on a tenant's own
+-- Triggers enforce tenants.limits.max_agents on a tenant's own
 -- (non-platform) agents that are not soft-deleted.
 
 -- +goose Up
@@ -127,14 +127,57 @@ END
 $$;
 -- +goose StatementEnd
 
--- Custom agent quota. SECURITY INVOKER on purpose: the count runs with the
--- caller's own visibility, which always covers the inserted row's tenant
--- (its own tenant for a tenant role; everything for the platform admin role
--- and superusers). A transaction-scoped advisory lock per tenant makes
--- concurrent inserts take turns, so the limit holds under concurrency.
+-- Custom agent quota, in two BEFORE triggers that fire in name order.
+--
+-- agents_agent_limit_1_lock (SECURITY DEFINER) makes concurrent inserts of
+-- one tenant take turns on that tenant's row in vital.agent_quota, so the
+-- limit holds under concurrency. It locks only for a caller that may write
+-- the tenant's rows (the tenant itself, the platform admin role, operators
+-- and superusers), and the row lives where no tenant can reach it: unlike a
+-- database-wide advisory lock key, no tenant can hold another's quota.
+--
+-- agents_agent_limit_2_check (SECURITY INVOKER on purpose) counts with the
+-- caller's own visibility, which always covers the inserted row's tenant:
+-- its own tenant for a tenant role, everything for the platform admin role
+-- and superusers (RLS refuses any other row afterwards anyway).
+CREATE TABLE IF NOT EXISTS vital.agent_quota (
+    tenant_id uuid PRIMARY KEY REFERENCES public.tenants (id) ON DELETE CASCADE
+);
+ALTER TABLE vital.agent_quota OWNER TO vital_owner;
+REVOKE ALL ON vital.agent_quota FROM PUBLIC;
+
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION vital.lock_agent_quota() RETURNS trigger
+    LANGUAGE plpgsql SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+BEGIN
+    IF NEW.tenant_id IS NULL OR NEW.deleted_at IS NOT NULL OR NEW.resource_type = 'platform' THEN
+        RETURN NEW;
+    END IF;
+    IF TG_OP = 'UPDATE' AND OLD.tenant_id IS NOT DISTINCT FROM NEW.tenant_id
+       AND OLD.deleted_at IS NULL AND OLD.resource_type <> 'platform' THEN
+        RETURN NEW; -- already counted
+    END IF;
+    IF NEW.tenant_id IS DISTINCT FROM public.current_tenant_id() AND NOT public.is_platform_admin()
+       AND NOT pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
+        RETURN NEW; -- row-level security refuses this row
+    END IF;
+    IF NOT EXISTS (SELECT 1 FROM public.tenants t WHERE t.id = NEW.tenant_id AND t.limits ? 'max_agents') THEN
+        RETURN NEW;
+    END IF;
+    INSERT INTO vital.agent_quota (tenant_id) VALUES (NEW.tenant_id) ON CONFLICT DO NOTHING;
+    PERFORM 1 FROM vital.agent_quota q WHERE q.tenant_id = NEW.tenant_id FOR UPDATE;
+    RETURN NEW;
+END
+$$;
+-- +goose StatementEnd
+ALTER FUNCTION vital.lock_agent_quota() OWNER TO vital_owner;
+REVOKE ALL ON FUNCTION vital.lock_agent_quota() FROM PUBLIC;
+
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION vital.enforce_agent_limit() RETURNS trigger
-    LANGUAGE plpgsql
+    LANGUAGE plpgsql SECURITY INVOKER
     SET search_path = pg_catalog, pg_temp
 AS $$
 DECLARE
@@ -154,7 +197,6 @@ BEGIN
     IF v_limit IS NULL THEN
         RETURN NEW;
     END IF;
-    PERFORM pg_catalog.pg_advisory_xact_lock(1986817140, pg_catalog.hashtext(NEW.tenant_id::text));
     SELECT count(*) INTO v_count FROM public.agents a
      WHERE a.tenant_id = NEW.tenant_id AND a.deleted_at IS NULL AND a.resource_type <> 'platform'
        AND a.id IS DISTINCT FROM NEW.id;
@@ -169,14 +211,23 @@ $$;
 -- +goose StatementEnd
 ALTER FUNCTION vital.enforce_agent_limit() OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION vital.enforce_agent_limit() FROM PUBLIC;
-DROP TRIGGER IF EXISTS agents_enforce_limit ON public.agents;
-CREATE TRIGGER agents_enforce_limit BEFORE INSERT OR UPDATE OF tenant_id, deleted_at, resource_type ON public.agents
+
+DROP TRIGGER IF EXISTS agents_agent_limit_1_lock ON public.agents;
+CREATE TRIGGER agents_agent_limit_1_lock
+    BEFORE INSERT OR UPDATE OF tenant_id, deleted_at, resource_type ON public.agents
+    FOR EACH ROW EXECUTE FUNCTION vital.lock_agent_quota();
+DROP TRIGGER IF EXISTS agents_agent_limit_2_check ON public.agents;
+CREATE TRIGGER agents_agent_limit_2_check
+    BEFORE INSERT OR UPDATE OF tenant_id, deleted_at, resource_type ON public.agents
     FOR EACH ROW EXECUTE FUNCTION vital.enforce_agent_limit();
 
 -- +goose Down
 
-DROP TRIGGER IF EXISTS agents_enforce_limit ON public.agents;
+DROP TRIGGER IF EXISTS agents_agent_limit_2_check ON public.agents;
+DROP TRIGGER IF EXISTS agents_agent_limit_1_lock ON public.agents;
 DROP FUNCTION IF EXISTS vital.enforce_agent_limit();
+DROP FUNCTION IF EXISTS vital.lock_agent_quota();
+DROP TABLE IF EXISTS vital.agent_quota;
 
 -- +goose StatementBegin
 DO $$
