@@ -224,6 +224,29 @@ func TestWritePolicies(t *testing.T) {
 	if n := scalar[int](t, dh, `SELECT count(*) FROM mv_platform_shared_resources WHERE name = 'platform-secret'`); n != 0 {
 		t.Error("an agent made private lingers in mv_platform_shared_resources")
 	}
+	// The seed's user functions only narrow: RLS decides who may use them.
+	db.exec(t, `INSERT INTO auth.users (id, email) VALUES ('33333333-3333-3333-3333-333333333333', 'u@example.com')`)
+	const user = "33333333-3333-3333-3333-333333333333"
+	for _, c := range []struct {
+		who  string
+		conn *pgx.Conn
+		sql  string
+		ok   bool
+	}{
+		{"digital-health-startup", dh, `SELECT grant_platform_admin($1)`, false},
+		{"vital-platform rw", prw, `SELECT grant_platform_admin($1)`, false},
+		{"vital-platform admin", padm, `SELECT grant_platform_admin($1)`, true},
+		{"vital-platform rw", prw, `SELECT assign_user_to_dh_startup($1, 'admin')`, false},
+		{"digital-health-startup", dh, `SELECT assign_user_to_dh_startup($1, 'admin')`, true},
+	} {
+		_, err := c.conn.Exec(ctx, c.sql, user)
+		if c.ok && err != nil || !c.ok && sqlState(err) != "42501" {
+			t.Errorf("%s: %s: err = %v, want success %v", c.who, c.sql, err, c.ok)
+		}
+	}
+	if !scalar[bool](t, padm, `SELECT is_platform_admin($1::uuid)`, user) || scalar[bool](t, dh, `SELECT is_platform_admin($1::uuid)`, user) {
+		t.Error("is_platform_admin(user) must be true for the platform admin and unknown (false) to other tenants")
+	}
 	// The admin role may write any tenant's rows.
 	if tag, err := padm.Exec(ctx, `UPDATE agents SET description = 'reviewed' WHERE name = 'dh-secret'`); err != nil || tag.RowsAffected() != 1 {
 		t.Errorf("platform admin update: %d rows, %v", tag.RowsAffected(), err)

@@ -62,14 +62,21 @@ GRANT EXECUTE ON FUNCTION public.grant_platform_admin(uuid) TO vital_tenant_writ
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION public.assign_user_to_dh_startup(p_user_id uuid, p_role varchar DEFAULT 'member')
     RETURNS void
-    LANGUAGE sql VOLATILE SECURITY INVOKER
+    LANGUAGE plpgsql VOLATILE SECURITY INVOKER
     SET search_path = pg_catalog, pg_temp
 AS $$
+DECLARE
+    v_tenant uuid;
+BEGIN
+    SELECT t.id INTO v_tenant FROM public.tenants t WHERE t.slug = 'digital-health-startup';
+    IF v_tenant IS NULL THEN
+        RAISE EXCEPTION 'tenant digital-health-startup does not exist or is not visible to role %', SESSION_USER
+            USING ERRCODE = '42501';
+    END IF;
     INSERT INTO public.user_tenants (user_id, tenant_id, role, status)
-    SELECT p_user_id, t.id, p_role, 'active'
-      FROM public.tenants t
-     WHERE t.slug = 'digital-health-startup'
-    ON CONFLICT (user_id, tenant_id) DO UPDATE SET role = EXCLUDED.role, status = 'active'
+    VALUES (p_user_id, v_tenant, p_role, 'active')
+    ON CONFLICT (user_id, tenant_id) DO UPDATE SET role = EXCLUDED.role, status = 'active';
+END
 $$;
 -- +goose StatementEnd
 ALTER FUNCTION public.assign_user_to_dh_startup(uuid, varchar) OWNER TO vital_owner;
