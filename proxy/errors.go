@@ -12,8 +12,8 @@ var (
 	// ErrAuditFailed is returned by Run when the start-up isolation audit
 	// fails and the server was not started with WithUnsafe.
 	ErrAuditFailed = errors.New("isolation audit failed")
-	// ErrServerClosed is returned by Run when it is called a second time.
-	ErrServerClosed = errors.New("proxy: server already run")
+	// ErrAlreadyStarted is returned by Run when it is called a second time.
+	ErrAlreadyStarted = errors.New("proxy: Run called twice")
 )
 
 // SQLSTATE codes the proxy sends to clients.

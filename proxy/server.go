@@ -229,7 +229,7 @@ func (s *Server) directory() *auth.Directory { return s.dir.Load() }
 // isolation audit fails (unless WithUnsafe).
 func (s *Server) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
-		return ErrServerClosed
+		return ErrAlreadyStarted
 	}
 	defer s.admin.close()
 	rt := s.rt.Load()
