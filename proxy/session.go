@@ -308,7 +308,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	var (
 		pkt  *startupPacket
 		err  error
-		isTL bool
+		isTLS bool
 	)
 	for i := 0; ; i++ {
 		if i > maxPreludePackets {
@@ -320,7 +320,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		}
 		switch pkt.kind {
 		case packetSSLRequest:
-			if isTL {
+			if isTLS {
 				return reasonNone, protocolError("SSLRequest after TLS was negotiated")
 			}
 			if rt.tls == nil {
@@ -341,7 +341,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 				return reasonNone, &clientError{reason: reasonProtocolError, err: fmt.Errorf("TLS handshake: %w", err)}
 			}
 			s.conn = tc
-			isTL = true
+			isTLS = true
 			if err := s.must(stateStartup); err != nil {
 				return reasonNone, err
 			}
@@ -386,7 +386,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err := s.must(stateAuthenticating); err != nil {
 		return reasonNone, err
 	}
-	req := auth.Request{StartupUser: params.user, TLS: isTL}
+	req := auth.Request{StartupUser: params.user, TLS: isTLS}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		req.PeerCertificate = peerCertificate(tc)
 	}
