@@ -306,8 +306,8 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	var (
-		pkt  *startupPacket
-		err  error
+		pkt   *startupPacket
+		err   error
 		isTLS bool
 	)
 	for i := 0; ; i++ {
