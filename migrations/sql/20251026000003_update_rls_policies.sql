@@ -253,6 +253,7 @@ DECLARE
     t   text;
     rel regclass;
     cmd text;
+    seq text;
 BEGIN
     FOREACH t IN ARRAY ARRAY['workflows', 'prompts', 'tools', 'agents'] LOOP
         rel := pg_catalog.to_regclass('public.' || t);
@@ -265,6 +266,15 @@ BEGIN
             EXECUTE pg_catalog.format('DROP POLICY IF EXISTS %1$I ON public.%2$I', t || '_' || cmd || '_with_sharing', t);
         END LOOP;
         EXECUTE pg_catalog.format('REVOKE ALL ON public.%I FROM vital_tenant, vital_tenant_writer', t);
+        FOR seq IN
+            SELECT pg_catalog.pg_get_serial_sequence('public.' || pg_catalog.quote_ident(t), a.attname)
+              FROM pg_catalog.pg_attribute a
+             WHERE a.attrelid = rel AND a.attnum > 0 AND NOT a.attisdropped
+        LOOP
+            IF seq IS NOT NULL THEN
+                EXECUTE pg_catalog.format('REVOKE ALL ON SEQUENCE %s FROM vital_tenant_writer', seq);
+            END IF;
+        END LOOP;
         IF EXISTS (SELECT 1 FROM vital.migration_objects WHERE kind = 'force_rls' AND name = 'public.' || t) THEN
             EXECUTE pg_catalog.format('ALTER TABLE public.%I NO FORCE ROW LEVEL SECURITY', t);
         END IF;
