@@ -160,7 +160,7 @@ func describe(err error) string {
 	return strings.Join(strings.Fields(err.Error()), " ")
 }
 
-// strings runs q and collects its single text column.
+// collect runs q and returns its single text column.
 func collect(ctx context.Context, conn *pgx.Conn, q string, args ...any) ([]string, error) {
 	rows, err := conn.Query(ctx, q, args...)
 	if err != nil {
