@@ -48,6 +48,7 @@ const (
 	reasonAuthFailed     // the authenticator refused the client
 	reasonParamRefused   // a startup parameter or database that the proxy refuses
 	reasonTooManyClients // limits.max_client_conns reached (53300)
+	reasonPoolTimeout    // no server connection became free within pool.queue_timeout (53300)
 	reasonUpstreamFailed // the upstream login failed (08006)
 	reasonContextFailed  // set_tenant_context failed: fail closed
 	reasonShuttingDown   // the proxy is draining and takes no new sessions
@@ -68,6 +69,7 @@ var reasonNames = [...]string{
 	reasonAuthFailed:     "auth_failed",
 	reasonParamRefused:   "param_refused",
 	reasonTooManyClients: "too_many_clients",
+	reasonPoolTimeout:    "pool_timeout",
 	reasonUpstreamFailed: "upstream_failed",
 	reasonContextFailed:  "context_failed",
 	reasonShuttingDown:   "shutting_down",

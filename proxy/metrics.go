@@ -25,6 +25,10 @@ type Metrics struct {
 	auditRuns           *prometheus.CounterVec
 	configReloads       *prometheus.CounterVec
 	buildInfo           *prometheus.GaugeVec
+	resets              *prometheus.CounterVec
+	poolWait            *prometheus.HistogramVec
+	transactions        *prometheus.CounterVec
+	prepared            *prometheus.CounterVec
 
 	tenants *tenantLabels
 }
@@ -93,11 +97,28 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 			Name: "vitalproxy_build_info",
 			Help: "Build information; always 1.",
 		}, []string{"version", "goversion"}),
+		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_pool_resets_total",
+			Help: "Server connections reset for reuse after a client left, by result (ok, failure: the connection was closed).",
+		}, []string{"result"}),
+		poolWait: prometheus.NewHistogramVec(prometheus.HistogramOpts{
+			Name:    "vitalproxy_pool_wait_seconds",
+			Help:    "Time clients waited in the queue for a server connection, by tenant.",
+			Buckets: []float64{.0005, .001, .005, .01, .05, .1, .5, 1, 5, 30},
+		}, []string{"tenant"}),
+		transactions: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_transactions_total",
+			Help: "Transactions served in transaction pooling mode, by tenant.",
+		}, []string{"tenant"}),
+		prepared: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_prepared_statements_total",
+			Help: "Protocol-level prepared statements in transaction mode: hit (already prepared on the serving connection) or miss (prepared there on demand).",
+		}, []string{"result"}),
 		tenants: newTenantLabels(tenantCap),
 	}
 	reg.MustRegister(m.clientConnections, m.connectionAttempts, m.sessionEnds, m.authFailures,
 		m.contextInjections, m.sessionSetup, m.bytes, m.cancelRequests, m.upstreamConnectErrs,
-		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo)
+		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo, m.resets, m.poolWait, m.transactions, m.prepared)
 	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range []string{"ok", "failure"} {
 		m.contextInjections.WithLabelValues(r)
@@ -107,6 +128,12 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 	}
 	for _, r := range []string{"success", "failure"} {
 		m.configReloads.WithLabelValues(r)
+	}
+	for _, r := range []string{"ok", "failure"} {
+		m.resets.WithLabelValues(r)
+	}
+	for _, r := range []string{"hit", "miss"} {
+		m.prepared.WithLabelValues(r)
 	}
 	return m
 }

@@ -15,11 +15,12 @@ import (
 	"sync/atomic"
 	"time"
 
-	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/config"
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
 // Default intervals of the background work; see the With options.
@@ -67,7 +68,7 @@ func WithConfigPoll(d time.Duration) Option { return func(o *options) { o.config
 type runtimeConfig struct {
 	cfg        *config.Config
 	auth       *auth.Authenticator
-	upstream   *pgconn.Config
+	dialer     *upstream.Dialer
 	upstreamDB string
 	secret     []byte
 	tls        *tls.Config
@@ -81,7 +82,8 @@ func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 	if err != nil {
 		return nil, err
 	}
-	up, err := pgconn.ParseConfig(cfg.Upstream.URL)
+	dialer, err := upstream.NewDialer(cfg.Upstream.URL, func(role string) string { return auth.RolePassword(secret, role) },
+		cfg.Upstream.ConnectTimeout)
 	if err != nil {
 		// pgconn's error may quote the URL with its password.
 		return nil, errors.New("upstream.url cannot be parsed as a PostgreSQL connection URL")
@@ -93,8 +95,8 @@ func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 	return &runtimeConfig{
 		cfg:        cfg,
 		auth:       auth.NewAuthenticator(auth.Options{Methods: cfg.Auth.Methods, RolePrefix: cfg.RolePrefix, Secret: secret}),
-		upstream:   up,
-		upstreamDB: up.Database,
+		dialer:     dialer,
+		upstreamDB: dialer.Database(),
 		secret:     secret,
 		tls:        tc,
 	}, nil
@@ -137,6 +139,10 @@ type Server struct {
 
 	rt  atomic.Pointer[runtimeConfig]
 	dir atomic.Pointer[auth.Directory]
+	// pool lends server connections to sessions; built by Run.
+	pool *pool.Pool
+	// recycling tracks backends being reset after their client left.
+	recycling sync.WaitGroup
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -244,6 +250,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return startErr(ctx, err)
 	}
 	s.dir.Store(dir)
+	s.pool, err = s.newPool(poolSettingsFrom(rt.cfg))
+	if err != nil {
+		return err
+	}
+	defer s.pool.Close()
+	s.metrics.watchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
 
 	listeners, err := s.listen(rt.cfg)
 	if err != nil {
@@ -293,6 +305,7 @@ func (s *Server) Run(ctx context.Context) error {
 	}
 	accepting.Wait()
 	s.drain(rt.cfg.Limits.ShutdownTimeout, killSessions)
+	s.recycling.Wait()
 	stopBackground()
 	if httpSrv != nil {
 		httpSrv.shutdown()
@@ -470,4 +483,29 @@ func (s *Server) drain(timeout time.Duration, kill context.CancelFunc) {
 	}
 	kill()
 	<-done
+}
+
+// poolSettings are the pool limits taken from the configuration at start.
+type poolSettings struct {
+	maxConns, maxPerTenant int
+	tenantMax              map[string]int
+	queueTimeout           time.Duration
+	idleTimeout, lifetime  time.Duration
+}
+
+func poolSettingsFrom(cfg *config.Config) poolSettings {
+	ps := poolSettings{
+		maxConns:     cfg.Pool.MaxServerConns,
+		maxPerTenant: cfg.Pool.MaxServerConnsPerTenant,
+		tenantMax:    map[string]int{},
+		queueTimeout: cfg.Pool.QueueTimeout,
+		idleTimeout:  cfg.Pool.IdleTimeout,
+		lifetime:     cfg.Pool.ServerLifetime,
+	}
+	for slug, t := range cfg.Tenants {
+		if t.MaxServerConns > 0 {
+			ps.tenantMax[slug] = t.MaxServerConns
+		}
+	}
+	return ps
 }

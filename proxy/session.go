@@ -17,9 +17,11 @@ import (
 	"syscall"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
 )
 
 // sessionState is where a session is in its life. The allowed transitions
@@ -89,9 +91,11 @@ type session struct {
 	// forced is set by the server when the drain deadline passed.
 	forced atomic.Bool
 
-	// mu guards up against the server's force close.
-	mu sync.Mutex
-	up *upstream
+	// mu guards backend against the server's force close.
+	mu      sync.Mutex
+	backend *pool.Backend
+	// tenantID is asserted again when the backend is reset for reuse.
+	tenantID string
 
 	user     string
 	tenant   string
@@ -165,7 +169,8 @@ func (s *session) run(ctx context.Context) {
 	tm.connections.Inc()
 	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
 
-	reason = s.forward(tm)
+	reason, reusable := s.forward(tm)
+	s.recycle(reusable)
 
 	tm.connections.Dec()
 	s.srv.cancels.remove(s.key)
@@ -174,6 +179,38 @@ func (s *session) run(ctx context.Context) {
 	s.logger.Info("session closed", "reason", reason.String(),
 		"duration_seconds", time.Since(s.start).Seconds(),
 		"bytes_client_to_server", s.c2s, "bytes_server_to_client", s.s2c)
+}
+
+// recycle hands the session's backend back to the pool: reset in the
+// background for the next client of the same role when reusable, closed
+// otherwise.
+func (s *session) recycle(reusable bool) {
+	s.mu.Lock()
+	b := s.backend
+	s.backend = nil
+	s.mu.Unlock()
+	if b == nil {
+		return
+	}
+	if !reusable || s.forced.Load() {
+		s.srv.pool.Release(b, false)
+		return
+	}
+	resetQuery, tenantID := s.rt.cfg.Pool.ResetQuery, s.tenantID
+	srv := s.srv
+	srv.recycling.Add(1)
+	go func() {
+		defer srv.recycling.Done()
+		err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID)
+		if err != nil {
+			srv.metrics.resets.WithLabelValues("failure").Inc()
+			srv.logger.Debug("backend reset failed; closing it", "error", err)
+		} else {
+			srv.metrics.resets.WithLabelValues("ok").Inc()
+			b.Data = nil
+		}
+		srv.pool.Release(b, err == nil)
+	}()
 }
 
 // refuse ends a session that never reached forwarding: it tells the client
@@ -272,8 +309,9 @@ func (s *session) sendFatal(msg *pgproto3.ErrorResponse) {
 func (s *session) closeAll() {
 	_ = s.conn.Close()
 	s.mu.Lock()
-	if s.up != nil {
-		_ = s.up.conn.Close()
+	if s.backend != nil {
+		s.srv.pool.Release(s.backend, false)
+		s.backend = nil
 	}
 	s.mu.Unlock()
 }
@@ -284,10 +322,10 @@ func (s *session) closeAll() {
 func (s *session) forceClose() {
 	s.forced.Store(true)
 	s.mu.Lock()
-	up := s.up
+	b := s.backend
 	s.mu.Unlock()
-	if up != nil && sessionState(s.state.Load()) >= stateForwarding {
-		_ = up.conn.Close()
+	if b != nil && sessionState(s.state.Load()) >= stateForwarding {
+		_ = b.Close()
 		return
 	}
 	_ = s.raw.Close()
@@ -406,40 +444,42 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err := s.must(stateConnecting); err != nil {
 		return reasonNone, err
 	}
-	cctx := ctx
-	if d := rt.cfg.Upstream.ConnectTimeout; d > 0 {
-		var cancel context.CancelFunc
-		cctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	pc, err := dialUpstream(cctx, rt.upstream, id.Role, auth.RolePassword(rt.secret, id.Role), params.runtime)
-	if err != nil {
-		s.srv.metrics.upstreamConnectErrs.Inc()
-		return reasonNone, err
-	}
 	if err := s.must(stateInjecting); err != nil {
-		pc.Close(context.WithoutCancel(ctx))
 		return reasonNone, err
 	}
-	up, err := assertTenant(cctx, pc, id.Role, id.Tenant.ID)
+	// A new backend asserted the tenant context as it logged in; a reused
+	// one asserted it again when its previous client's session was reset.
+	b, err := s.srv.pool.Acquire(ctx, pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role})
 	if err != nil {
-		s.srv.metrics.contextInjections.WithLabelValues("failure").Inc()
-		return reasonNone, err
+		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
+		if ce.reason == reasonContextFailed {
+			s.srv.metrics.contextInjections.WithLabelValues("failure").Inc()
+		}
+		return reasonNone, ce
 	}
 	s.srv.metrics.contextInjections.WithLabelValues("ok").Inc()
 	s.mu.Lock()
-	s.up = up
+	s.backend = b
+	s.tenantID = id.Tenant.ID
 	s.mu.Unlock()
 	if s.forced.Load() {
 		return reasonNone, net.ErrClosed
 	}
+	serverParams := paramsOf(b)
+	if err := applySettings(ctx, b.Conn, params.runtime, serverParams); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return reasonNone, newClientError(reasonParamRefused, pgErr.Code, err, "%s", pgErr.Message)
+		}
+		return reasonNone, newClientError(reasonUpstreamFailed, codeConnectionFailure, err, "could not connect to the database server")
+	}
 
-	key, err := s.srv.cancels.register(up)
+	key, err := s.srv.cancels.register(backendCanceler{b})
 	if err != nil {
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(handover(up.params, key)...); err != nil {
+	if err := wire.Send(handover(serverParams, key)...); err != nil {
 		return reasonNone, err
 	}
 	if err := s.must(stateForwarding); err != nil {

@@ -1,0 +1,284 @@
+package proxy
+
+import (
+	"context"
+	"crypto/rand"
+	"errors"
+	"fmt"
+	"io"
+	"net"
+	"regexp"
+	"sort"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/upstream"
+)
+
+// newPool builds the server-connection pool shared by every session. Its
+// dial function reads the current runtime configuration, so a reload that
+// changes the upstream URL or the role secret applies to new backends.
+func (s *Server) newPool(cfg poolSettings) (*pool.Pool, error) {
+	return pool.New(pool.Config{
+		MaxConns:          cfg.maxConns,
+		MaxConnsPerTenant: cfg.maxPerTenant,
+		TenantMaxConns:    cfg.tenantMax,
+		QueueTimeout:      cfg.queueTimeout,
+		IdleTimeout:       cfg.idleTimeout,
+		Lifetime:          cfg.lifetime,
+		OnWait:            s.metrics.observeWait,
+	}, s.dialBackend)
+}
+
+// dialBackend logs in as key.Role and asserts the tenant context in the
+// same round trip. It refuses a login that reports superuser rights or
+// another session user: tenant traffic never runs as either.
+func (s *Server) dialBackend(ctx context.Context, key pool.Key) (*upstream.Conn, error) {
+	rt := s.rt.Load()
+	if d := rt.cfg.Upstream.ConnectTimeout; d > 0 {
+		var cancel context.CancelFunc
+		ctx, cancel = context.WithTimeout(ctx, d)
+		defer cancel()
+	}
+	c, err := rt.dialer.Dial(ctx, upstream.Options{Role: key.Role, TenantID: key.TenantID})
+	if err != nil {
+		s.metrics.upstreamConnectErrs.Inc()
+		return nil, err
+	}
+	for _, p := range c.Params {
+		bad := (p.Name == "is_superuser" && p.Value != "off") ||
+			(p.Name == "session_authorization" && p.Value != key.Role)
+		if bad {
+			_ = c.Terminate()
+			return nil, fmt.Errorf("%w: upstream reports %s=%q for role %q", errUnsafeLogin, p.Name, p.Value, key.Role)
+		}
+	}
+	return c, nil
+}
+
+var errUnsafeLogin = errors.New("the tenant login role is not safe to use")
+
+// backendError turns a failure to get a backend into what the client is
+// told.
+func backendError(tenant string, queueTimeout time.Duration, err error) *clientError {
+	var pgErr *pgconn.PgError
+	switch {
+	case errors.Is(err, pool.ErrQueueTimeout):
+		return newClientError(reasonPoolTimeout, codeTooManyConnections, err,
+			"no server connection became free for tenant %q within %s; try again later", tenant, queueTimeout)
+	case errors.Is(err, errUnsafeLogin):
+		return newClientError(reasonContextFailed, codeInternalError, err, "the tenant login role is not safe to use")
+	case errors.As(err, &pgErr) && pgErr.Code == "42501":
+		return newClientError(reasonContextFailed, codeInvalidAuthSpec, err,
+			"the database refused the tenant context for this login")
+	case errors.As(err, &pgErr) && isAuthClass(pgErr.Code):
+		return newClientError(reasonUpstreamFailed, codeInvalidAuthSpec, err,
+			"the database refused the login role of this tenant")
+	case errors.As(err, &pgErr) && pgErr.Code == "57P03":
+		return newClientError(reasonUpstreamFailed, codeCannotConnectNow, err, "the database server is starting up or shutting down")
+	case errors.Is(err, pool.ErrClosed):
+		return newClientError(reasonShuttingDown, codeCannotConnectNow, err, "the proxy is shutting down")
+	}
+	return newClientError(reasonUpstreamFailed, codeConnectionFailure, err, "could not connect to the database server")
+}
+
+// isAuthClass reports whether code is in SQLSTATE class 28 (invalid
+// authorization specification).
+func isAuthClass(code string) bool { return len(code) == 5 && code[:2] == "28" }
+
+// backendCanceler cancels whatever the backend is running.
+type backendCanceler struct{ b *pool.Backend }
+
+func (c backendCanceler) cancel(ctx context.Context) error { return c.b.Cancel(ctx) }
+
+// paramsOf returns the backend's ParameterStatus values.
+func paramsOf(b *pool.Backend) map[string]string {
+	m := make(map[string]string, len(b.Params))
+	for _, p := range b.Params {
+		m[p.Name] = p.Value
+	}
+	return m
+}
+
+// applySettings sets the client's allow-listed startup settings on the
+// backend with one simple query and merges the ParameterStatus values the
+// server reports into params. Names come from the allow-list; values are
+// quoted as literals.
+func applySettings(ctx context.Context, conn net.Conn, settings map[string]string, params map[string]string) error {
+	if len(settings) == 0 {
+		return nil
+	}
+	names := make([]string, 0, len(settings))
+	for k := range settings {
+		names = append(names, k)
+	}
+	sort.Strings(names)
+	var q strings.Builder
+	for _, k := range names {
+		if !settingName.MatchString(k) {
+			return fmt.Errorf("refusing setting name %q", k)
+		}
+		fmt.Fprintf(&q, "SET %s = %s;", k, quoteLiteral(settings[k]))
+	}
+	buf, _ := (&pgproto3.Query{String: q.String()}).Encode(nil)
+	return roundTrip(ctx, conn, buf, 1, func(typ byte, body []byte) error {
+		if typ == 'S' {
+			var ps pgproto3.ParameterStatus
+			if err := ps.Decode(body); err == nil {
+				params[ps.Name] = ps.Value
+			}
+		}
+		return nil
+	})
+}
+
+var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
+
+// quoteLiteral quotes s as an SQL string literal (standard_conforming_strings
+// is on in every supported PostgreSQL; E” handles backslashes regardless).
+func quoteLiteral(s string) string {
+	if strings.ContainsRune(s, '\\') {
+		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
+	}
+	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
+}
+
+// roundTrip writes buf and reads until the want-th ReadyForQuery, calling
+// fn for every other message; an ErrorResponse fails it (after reading on
+// to the ReadyForQuery, so the connection stays in step). The final
+// ReadyForQuery must report an idle backend.
+func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func(typ byte, body []byte) error) error {
+	deadline := time.Now().Add(resetTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	defer conn.SetDeadline(time.Time{})
+	if _, err := conn.Write(buf); err != nil {
+		return err
+	}
+	var hdr [5]byte
+	var body []byte
+	var failure error
+	for {
+		typ, b, err := readServerMessage(conn, &hdr, body)
+		if err != nil {
+			return err
+		}
+		body = b
+		switch typ {
+		case 'E':
+			var e pgproto3.ErrorResponse
+			_ = e.Decode(body)
+			if failure == nil {
+				failure = &pgconn.PgError{Severity: e.Severity, Code: e.Code, Message: e.Message}
+			}
+		case 'Z':
+			want--
+			if want == 0 {
+				if failure == nil && (len(body) != 1 || body[0] != 'I') {
+					failure = errors.New("backend is not idle")
+				}
+				return failure
+			}
+		default:
+			if err := fn(typ, body); err != nil && failure == nil {
+				failure = err
+			}
+		}
+	}
+}
+
+// maxServerMessage bounds one message read while resetting a backend; a
+// larger one (a leftover result) is skipped without buffering it.
+const maxServerMessage = 1 << 20
+
+func readServerMessage(conn net.Conn, hdr *[5]byte, buf []byte) (byte, []byte, error) {
+	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
+		return 0, nil, err
+	}
+	n := int(uint32(hdr[1])<<24|uint32(hdr[2])<<16|uint32(hdr[3])<<8|uint32(hdr[4])) - 4
+	if n < 0 {
+		return 0, nil, errors.New("bad message length from server")
+	}
+	if n > maxServerMessage {
+		if _, err := io.CopyN(io.Discard, conn, int64(n)); err != nil {
+			return 0, nil, err
+		}
+		return hdr[0], buf[:0], nil
+	}
+	if cap(buf) < n {
+		buf = make([]byte, n)
+	}
+	buf = buf[:n]
+	_, err := io.ReadFull(conn, buf)
+	return hdr[0], buf, err
+}
+
+// resetTimeout bounds resetting a backend for reuse.
+const resetTimeout = 5 * time.Second
+
+var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
+
+// resetBackend makes a backend that a session-mode client left behind safe
+// for the next client of the same role: whatever the client left (a COPY, a
+// half-sent extended query, an open transaction, session state) is ended,
+// resetQuery (DISCARD ALL by default) runs, and the tenant context is
+// asserted again. The client's protocol state is unknown, so the last query
+// returns a random marker and the reset waits for it.
+func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string) error {
+	if !uuidPattern.MatchString(tenantID) {
+		return fmt.Errorf("tenant id %q is not a uuid", tenantID)
+	}
+	marker := newMarker()
+	var buf []byte
+	buf, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(buf)
+	buf, _ = (&pgproto3.Sync{}).Encode(buf)
+	buf, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(buf)
+	if resetQuery != "" {
+		buf, _ = (&pgproto3.Query{String: resetQuery}).Encode(buf)
+	}
+	buf, _ = (&pgproto3.Query{String: fmt.Sprintf("SELECT set_tenant_context('%s'), '%s'", tenantID, marker)}).Encode(buf)
+
+	deadline := time.Now().Add(resetTimeout)
+	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
+		deadline = d
+	}
+	_ = conn.SetDeadline(deadline)
+	defer conn.SetDeadline(time.Time{})
+	if _, err := conn.Write(buf); err != nil {
+		return err
+	}
+	var hdr [5]byte
+	var body []byte
+	seen := false
+	var failure error
+	for {
+		typ, b, err := readServerMessage(conn, &hdr, body)
+		if err != nil {
+			return err
+		}
+		body = b
+		switch {
+		case typ == 'D' && strings.Contains(string(body), marker):
+			seen = true
+		case typ == 'E' && seen:
+			failure = errors.New("reset failed")
+		case typ == 'Z' && seen:
+			if failure == nil && (len(body) != 1 || body[0] != 'I') {
+				failure = errors.New("backend is not idle after reset")
+			}
+			return failure
+		}
+	}
+}
+
+func newMarker() string {
+	var b [12]byte
+	_, _ = rand.Read(b[:])
+	return fmt.Sprintf("vitalproxy-reset-%x", b)
+}

@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"sort"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/upstream"
+)
+
+// observeWait records how long a client waited for a server connection.
+func (m *Metrics) observeWait(tenant string, waited time.Duration, _ bool) {
+	m.poolWait.WithLabelValues(m.tenants.label(tenant)).Observe(waited.Seconds())
+}
+
+// watchPool registers a collector that reads the pool's state at scrape
+// time.
+func (m *Metrics) watchPool(reg prometheus.Registerer, p *pool.Pool, d func() *upstream.Dialer) {
+	reg.MustRegister(&poolCollector{pool: p, labels: m.tenants, dialer: d})
+}
+
+var (
+	poolConnsDesc = prometheus.NewDesc("vitalproxy_pool_server_connections",
+		"Server connections by tenant and state (active: lent to a client; idle: kept for reuse).",
+		[]string{"tenant", "state"}, nil)
+	poolWaitingDesc = prometheus.NewDesc("vitalproxy_pool_clients_waiting",
+		"Clients waiting for a server connection, by tenant.", []string{"tenant"}, nil)
+	poolOpenedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_opened_total",
+		"Server connections opened, by tenant.", []string{"tenant"}, nil)
+	poolClosedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_closed_total",
+		"Server connections closed, by tenant and reason (broken, idle, lifetime, evicted, shutdown).",
+		[]string{"tenant", "reason"}, nil)
+	poolTimeoutsDesc = prometheus.NewDesc("vitalproxy_pool_queue_timeouts_total",
+		"Clients that gave up waiting for a server connection (SQLSTATE 53300), by tenant.", []string{"tenant"}, nil)
+	poolTotalDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_total_open",
+		"Server connections open or being opened across all tenants (bounded by pool.max_server_conns).", nil, nil)
+	scramKeysDesc = prometheus.NewDesc("vitalproxy_upstream_scram_keys_cached",
+		"Tenant roles whose SCRAM keys are cached, so their logins skip the key stretch.", nil, nil)
+)
+
+// poolCollector exports a snapshot of the pool, summed per tenant label
+// (tenants past the label cap share "other").
+type poolCollector struct {
+	pool   *pool.Pool
+	labels *tenantLabels
+	dialer func() *upstream.Dialer
+}
+
+func (c *poolCollector) Describe(ch chan<- *prometheus.Desc) {
+	for _, d := range []*prometheus.Desc{poolConnsDesc, poolWaitingDesc, poolOpenedDesc, poolClosedDesc,
+		poolTimeoutsDesc, poolTotalDesc, scramKeysDesc} {
+		ch <- d
+	}
+}
+
+type tenantPoolSums struct {
+	active, idle, waiting int
+	opened, timeouts      uint64
+	closed                map[pool.Reason]uint64
+}
+
+func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
+	sums := map[string]*tenantPoolSums{}
+	for _, st := range c.pool.Stats() {
+		label := c.labels.label(st.Key.Tenant)
+		t := sums[label]
+		if t == nil {
+			t = &tenantPoolSums{closed: map[pool.Reason]uint64{}}
+			sums[label] = t
+		}
+		t.active += st.Active
+		t.idle += st.Idle
+		t.waiting += st.Waiting
+		t.opened += st.Opened
+		t.timeouts += st.Timeouts
+		for r, n := range st.Closed {
+			t.closed[r] += n
+		}
+	}
+	tenants := make([]string, 0, len(sums))
+	for k := range sums {
+		tenants = append(tenants, k)
+	}
+	sort.Strings(tenants)
+	for _, tenant := range tenants {
+		t := sums[tenant]
+		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(t.active), tenant, "active")
+		ch <- prometheus.MustNewConstMetric(poolConnsDesc, prometheus.GaugeValue, float64(t.idle), tenant, "idle")
+		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(t.waiting), tenant)
+		ch <- prometheus.MustNewConstMetric(poolOpenedDesc, prometheus.CounterValue, float64(t.opened), tenant)
+		ch <- prometheus.MustNewConstMetric(poolTimeoutsDesc, prometheus.CounterValue, float64(t.timeouts), tenant)
+		for _, r := range []pool.Reason{pool.ReasonBroken, pool.ReasonIdle, pool.ReasonLifetime, pool.ReasonEvicted, pool.ReasonShutdown} {
+			ch <- prometheus.MustNewConstMetric(poolClosedDesc, prometheus.CounterValue, float64(t.closed[r]), tenant, string(r))
+		}
+	}
+	ch <- prometheus.MustNewConstMetric(poolTotalDesc, prometheus.GaugeValue, float64(c.pool.Total()))
+	ch <- prometheus.MustNewConstMetric(scramKeysDesc, prometheus.GaugeValue, float64(c.dialer().CachedKeys()))
+}

@@ -1,0 +1,149 @@
+package integration_test
+
+import (
+	"context"
+	"net"
+	"testing"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// backendPID returns the real PostgreSQL backend pid behind a proxied
+// connection.
+func backendPID(t *testing.T, conn *pgx.Conn) int {
+	t.Helper()
+	var pid int
+	if err := conn.QueryRow(testCtx(t), "SELECT pg_backend_pid()").Scan(&pid); err != nil {
+		t.Fatal(err)
+	}
+	return pid
+}
+
+// float64Collector reads vitalproxy_pool_resets_total{result="ok"} from the
+// proxy's registry.
+type float64Collector struct{ r *running }
+
+func (c float64Collector) value(t *testing.T) float64 {
+	mfs, err := c.r.srv.Gatherer().Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != "vitalproxy_pool_resets_total" {
+			continue
+		}
+		for _, m := range mf.GetMetric() {
+			for _, l := range m.GetLabel() {
+				if l.GetName() == "result" && l.GetValue() == "ok" {
+					return m.GetCounter().GetValue()
+				}
+			}
+		}
+	}
+	return 0
+}
+
+// TestSessionModeReusesCleanBackends: a client's session state never
+// reaches the next client of the same role, whose context is asserted
+// again, and a client leaving mid-transaction leaves no lock behind.
+func TestSessionModeReusesCleanBackends(t *testing.T) {
+	noLeaks(t)
+	f := getFixture(t)
+	r := startProxy(t, f.config(t))
+	ctx := testCtx(t)
+
+	first := connectURL(t, r.url("alice", "alice-pw", "application_name=first"))
+	pid := backendPID(t, first)
+	for _, q := range []string{
+		"SET search_path = pg_catalog",
+		"SET statement_timeout = '7s'",
+		"CREATE TEMP TABLE leftover (x int)",
+		"PREPARE leftover_stmt AS SELECT 1",
+		"SELECT pg_advisory_lock(424242)",
+		"LISTEN leftover_channel",
+		"SELECT set_config('app.user_note', 'from-first-client', false)",
+	} {
+		if _, err := first.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	base := (float64Collector{r}).value(t)
+	first.Close(ctx)
+	waitResetValue(t, r, base+1)
+
+	second := connectURL(t, r.url("alice", "alice-pw", "application_name=second"))
+	if got := backendPID(t, second); got != pid {
+		t.Fatalf("second client got backend %d, want the reused %d", got, pid)
+	}
+	var searchPath, timeout, app, note, tenant, published string
+	var temps, prepared, locks, listens int
+	err := second.QueryRow(ctx, `SELECT current_setting('search_path'), current_setting('statement_timeout'),
+		current_setting('application_name'), coalesce(current_setting('app.user_note', true), ''),
+		current_tenant_id()::text, coalesce(current_setting('vital.tenant_id', true), ''),
+		(SELECT count(*) FROM pg_class WHERE relname = 'leftover' AND relpersistence = 't'),
+		(SELECT count(*) FROM pg_prepared_statements WHERE name = 'leftover_stmt'),
+		(SELECT count(*) FROM pg_locks WHERE locktype = 'advisory' AND pid = pg_backend_pid()),
+		(SELECT count(*) FROM pg_listening_channels())`).Scan(
+		&searchPath, &timeout, &app, &note, &tenant, &published, &temps, &prepared, &locks, &listens)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if searchPath == "pg_catalog" || timeout == "7s" || note != "" || temps != 0 || prepared != 0 || locks != 0 || listens != 0 {
+		t.Errorf("state leaked to the next client: search_path=%q statement_timeout=%q note=%q temp=%d prepared=%d advisory=%d listen=%d",
+			searchPath, timeout, note, temps, prepared, locks, listens)
+	}
+	if app != "second" {
+		t.Errorf("application_name = %q, want the second client's own", app)
+	}
+	if tenant != f.tenants[dhSlug] || published != f.tenants[dhSlug] {
+		t.Errorf("context after reuse: current_tenant_id=%q vital.tenant_id=%q, want %q", tenant, published, f.tenants[dhSlug])
+	}
+
+	// A client that vanishes mid-transaction holding a row lock.
+	base = (float64Collector{r}).value(t)
+	tx, err := second.Begin(ctx)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := tx.Exec(ctx, "SELECT * FROM agents WHERE name = $1 FOR UPDATE", f.dhPrivate); err != nil {
+		t.Fatal(err)
+	}
+	second.PgConn().Conn().(net.Conn).Close() // no Terminate, no ROLLBACK
+	waitResetValue(t, r, base+1)
+
+	third := connectURL(t, r.url("alice", "alice-pw"))
+	if got := backendPID(t, third); got != pid {
+		t.Errorf("third client got backend %d, want the reused %d", got, pid)
+	}
+	var status string
+	if err := third.QueryRow(ctx, "SELECT state FROM pg_stat_activity WHERE pid = pg_backend_pid()").Scan(&status); err != nil {
+		t.Fatal(err)
+	}
+	lockCtx, cancel := context.WithTimeout(ctx, 20*time.Second)
+	defer cancel()
+	if _, err := third.Exec(lockCtx, "SET lock_timeout = '5s'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := third.Exec(lockCtx, "BEGIN; SELECT * FROM agents WHERE name = '"+f.dhPrivate+"' FOR UPDATE; COMMIT"); err != nil {
+		t.Errorf("the abandoned transaction's row lock is still held: %v", err)
+	}
+
+	// Another tenant's client never gets that backend.
+	other := connectURL(t, r.url("bob", "bob-pw"))
+	if got := backendPID(t, other); got == pid {
+		t.Error("a backend of one tenant served another tenant")
+	}
+}
+
+func waitResetValue(t *testing.T, r *running, want float64) {
+	t.Helper()
+	deadline := time.Now().Add(30 * time.Second)
+	for time.Now().Before(deadline) {
+		if (float64Collector{r}).value(t) >= want {
+			return
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+	t.Fatalf("backend was not reset for reuse (resets ok = %v, want %v)", (float64Collector{r}).value(t), want)
+}
