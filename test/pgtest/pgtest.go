@@ -65,6 +65,11 @@ func FindBinDir() (string, error) {
 		return "", fmt.Errorf("PG_BIN_DIR=%s has no initdb: %w", d, ErrNoBinaries)
 	}
 	if p, err := exec.LookPath("initdb"); err == nil {
+		// Distributions link initdb into a PATH directory; the real bin
+		// directory also holds psql and pgbench.
+		if real, err := filepath.EvalSymlinks(p); err == nil {
+			p = real
+		}
 		d := filepath.Dir(p)
 		if isExec(filepath.Join(d, "pg_ctl")) && isExec(filepath.Join(d, "postgres")) {
 			return d, nil
