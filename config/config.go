@@ -276,7 +276,8 @@ func Load(opts Options) (*Config, error) {
 		mapstructure.StringToSliceHookFunc(","),
 	))
 	if err := v.Unmarshal(&c, dec, func(dc *mapstructure.DecoderConfig) { dc.ErrorUnused = true }); err != nil {
-		return nil, fmt.Errorf("config: %w", err)
+		// mapstructure reports on several lines; keep the CLI's one line.
+		return nil, fmt.Errorf("config: %s", strings.Join(strings.Fields(strings.ReplaceAll(err.Error(), "decoding failed due to the following error(s):", "")), " "))
 	}
 	c.File = file
 	if c.Upstream.AdminURL == "" {
@@ -358,7 +359,22 @@ func (c *Config) Validate() error {
 		}
 		seen[u.Name] = true
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs)
+}
+
+// joinErrors joins errors on one line, so that a CLI prints one line.
+func joinErrors(errs []error) error {
+	switch len(errs) {
+	case 0:
+		return nil
+	case 1:
+		return errs[0]
+	}
+	msgs := make([]string, len(errs))
+	for i, e := range errs {
+		msgs[i] = e.Error()
+	}
+	return fmt.Errorf("%s", strings.Join(msgs, "; "))
 }
 
 // RoleSecretBytes decodes the base64 role secret.
@@ -403,10 +419,13 @@ func (c *Config) RequireServe() error {
 	if _, err := c.RoleSecretBytes(); err != nil {
 		errs = append(errs, err)
 	}
+	if c.Upstream.AdminURL == "" {
+		errs = append(errs, errors.New("no admin connection: set upstream.admin_url or database_url (users, tenants and the isolation audit are read through it)"))
+	}
 	if c.Listen == "" && c.ListenSocketDir == "" {
 		errs = append(errs, errors.New("listen or listen_socket_dir is required"))
 	}
-	return errors.Join(errs...)
+	return joinErrors(errs)
 }
 
 // checkURL reports an unparsable URL without echoing it (it may hold a

@@ -116,4 +116,3 @@ func buildVersion() string {
 	}
 	return version
 }
-

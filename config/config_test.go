@@ -1,0 +1,139 @@
+package config_test
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/spf13/pflag"
+
+	"github.com/vitalproxy/vitalproxy/config"
+)
+
+func TestPrecedence(t *testing.T) {
+	tests := []struct {
+		name       string
+		file       string
+		env        map[string]string
+		flags      []string
+		wantListen string
+		wantMode   string
+	}{
+		{name: "default", wantListen: "127.0.0.1:6432", wantMode: "session"},
+		{name: "file over default", file: "testdata/full.yaml", wantListen: "127.0.0.1:7000", wantMode: "transaction"},
+		{name: "env over file", file: "testdata/full.yaml", env: map[string]string{"VITALPROXY_LISTEN": "127.0.0.1:7001", "VITALPROXY_POOL_MODE": "session"},
+			wantListen: "127.0.0.1:7001", wantMode: "session"},
+		{name: "flag over env", file: "testdata/full.yaml", env: map[string]string{"VITALPROXY_LISTEN": "127.0.0.1:7001"},
+			flags: []string{"--listen=127.0.0.1:7002"}, wantListen: "127.0.0.1:7002", wantMode: "transaction"},
+		{name: "unset flag does not override", file: "testdata/full.yaml", flags: []string{}, wantListen: "127.0.0.1:7000", wantMode: "transaction"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("VITALPROXY_CONFIG", "")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			fs := pflag.NewFlagSet("test", pflag.ContinueOnError)
+			fs.String("listen", "", "")
+			if err := fs.Parse(tc.flags); err != nil {
+				t.Fatal(err)
+			}
+			cfg, err := config.Load(config.Options{File: tc.file, Flags: fs, FlagKeys: map[string]string{"listen": "listen"}})
+			if err != nil {
+				t.Fatal(err)
+			}
+			if cfg.Listen != tc.wantListen || cfg.Pool.Mode != tc.wantMode {
+				t.Errorf("listen %q mode %q, want %q %q", cfg.Listen, cfg.Pool.Mode, tc.wantListen, tc.wantMode)
+			}
+		})
+	}
+}
+
+func TestFileValues(t *testing.T) {
+	t.Setenv("VITALPROXY_CONFIG", "")
+	cfg, err := config.Load(config.Options{File: "testdata/full.yaml"})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if cfg.Pool.QueueTimeout != 5*time.Second || len(cfg.Users) != 2 || !cfg.Users[1].ReadOnly ||
+		cfg.Tenants["digital-health-startup"].MaxServerConns != 5 || cfg.Upstream.AdminURL != cfg.DatabaseURL {
+		t.Errorf("unexpected config: %+v", cfg)
+	}
+	if got := cfg.Users[1].AllowedTenants(); len(got) != 2 {
+		t.Errorf("analyst tenants = %v", got)
+	}
+	if err := cfg.RequireServe(); err != nil {
+		t.Errorf("RequireServe: %v", err)
+	}
+	// Secrets never print.
+	for _, s := range []string{fmt.Sprintf("%v", cfg), fmt.Sprintf("%+v", cfg), fmt.Sprintf("%#v", cfg)} {
+		if strings.Contains(s, "file-secret") || strings.Contains(s, "ZmlsZS1yb2xl") || strings.Contains(s, "c3RvcmVk") {
+			t.Errorf("a secret is printed: %s", s)
+		}
+	}
+}
+
+func TestInvalid(t *testing.T) {
+	tests := []struct {
+		name, file string
+		env        map[string]string
+		want       []string
+	}{
+		{name: "plaintext password", file: "testdata/plaintext_password.yaml", want: []string{"must be a SCRAM-SHA-256 verifier"}},
+		{name: "unknown key", file: "testdata/unknown_key.yaml", want: []string{"lisen"}},
+		{name: "bad values", file: "testdata/bad_values.yaml",
+			want: []string{"pool.mode", "log.format", "cleartext passwords are only accepted over TLS"}},
+		{name: "missing file", file: "testdata/nope.yaml", want: []string{"read config file"}},
+		{name: "bad secret", env: map[string]string{"VITALPROXY_ROLE_SECRET": "not base64!"}, want: []string{"role_secret is not valid base64"}},
+		{name: "short secret", env: map[string]string{"VITALPROXY_ROLE_SECRET": "c2hvcnQ="}, want: []string{"at least 16 bytes"}},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			t.Setenv("VITALPROXY_CONFIG", "")
+			for k, v := range tc.env {
+				t.Setenv(k, v)
+			}
+			_, err := config.Load(config.Options{File: tc.file})
+			if err == nil {
+				t.Fatal("invalid config accepted")
+			}
+			for _, w := range tc.want {
+				if !strings.Contains(err.Error(), w) {
+					t.Errorf("error %q does not mention %q", err, w)
+				}
+			}
+			if strings.Contains(err.Error(), "\n") {
+				t.Errorf("error is not one line: %q", err)
+			}
+			if strings.Contains(err.Error(), "hunter2") {
+				t.Errorf("error reveals the password: %v", err)
+			}
+		})
+	}
+}
+
+func TestRequire(t *testing.T) {
+	t.Setenv("VITALPROXY_CONFIG", "")
+	cfg, err := config.Load(config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cfg.RequireDatabaseURL(); err == nil || !strings.Contains(err.Error(), "--database-url") {
+		t.Errorf("RequireDatabaseURL = %v", err)
+	}
+	err = cfg.RequireServe()
+	for _, w := range []string{"upstream.url", "role_secret", "admin connection"} {
+		if err == nil || !strings.Contains(err.Error(), w) {
+			t.Errorf("RequireServe = %v, want it to mention %s", err, w)
+		}
+	}
+	t.Setenv("VITALPROXY_DATABASE_URL", "postgres://u:topsecret@/db")
+	cfg, _ = config.Load(config.Options{})
+	if err := cfg.RequireDatabaseURL(); err == nil || strings.Contains(err.Error(), "topsecret") {
+		t.Errorf("URL without host: %v", err)
+	}
+	if got := config.Redacted("postgres://u:topsecret@h/db"); strings.Contains(got, "topsecret") {
+		t.Errorf("Redacted = %s", got)
+	}
+}
