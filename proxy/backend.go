@@ -27,6 +27,8 @@ func (s *Server) newPool(cfg poolSettings) (*pool.Pool, error) {
 		MaxConns:          cfg.maxConns,
 		MaxConnsPerTenant: cfg.maxPerTenant,
 		TenantMaxConns:    cfg.tenantMax,
+		MinIdle:           cfg.minIdle,
+		TenantMinIdle:     cfg.tenantMinIdle,
 		QueueTimeout:      cfg.queueTimeout,
 		IdleTimeout:       cfg.idleTimeout,
 		Lifetime:          cfg.lifetime,

@@ -136,6 +136,7 @@ type Server struct {
 	metrics  *Metrics
 	cancels  *cancelMap
 	admin    *adminConn
+	counts   *clientCounts
 
 	rt  atomic.Pointer[runtimeConfig]
 	dir atomic.Pointer[auth.Directory]
@@ -188,6 +189,7 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 		registry:  reg,
 		metrics:   NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
 		cancels:   newCancelMap(),
+		counts:    newClientCounts(),
 		admin:     newAdminConn(string(cfg.Upstream.AdminURL)),
 		ready:     make(chan struct{}),
 		sessions:  make(map[*session]struct{}),
@@ -487,24 +489,29 @@ func (s *Server) drain(timeout time.Duration, kill context.CancelFunc) {
 
 // poolSettings are the pool limits taken from the configuration at start.
 type poolSettings struct {
-	maxConns, maxPerTenant int
-	tenantMax              map[string]int
-	queueTimeout           time.Duration
-	idleTimeout, lifetime  time.Duration
+	maxConns, maxPerTenant, minIdle int
+	tenantMax, tenantMinIdle        map[string]int
+	queueTimeout                    time.Duration
+	idleTimeout, lifetime           time.Duration
 }
 
 func poolSettingsFrom(cfg *config.Config) poolSettings {
 	ps := poolSettings{
-		maxConns:     cfg.Pool.MaxServerConns,
-		maxPerTenant: cfg.Pool.MaxServerConnsPerTenant,
-		tenantMax:    map[string]int{},
-		queueTimeout: cfg.Pool.QueueTimeout,
-		idleTimeout:  cfg.Pool.IdleTimeout,
-		lifetime:     cfg.Pool.ServerLifetime,
+		maxConns:      cfg.Pool.MaxServerConns,
+		maxPerTenant:  cfg.Pool.MaxServerConnsPerTenant,
+		tenantMax:     map[string]int{},
+		minIdle:       cfg.Pool.MinIdlePerTenant,
+		tenantMinIdle: map[string]int{},
+		queueTimeout:  cfg.Pool.QueueTimeout,
+		idleTimeout:   cfg.Pool.IdleTimeout,
+		lifetime:      cfg.Pool.ServerLifetime,
 	}
 	for slug, t := range cfg.Tenants {
 		if t.MaxServerConns > 0 {
 			ps.tenantMax[slug] = t.MaxServerConns
+		}
+		if t.MinIdle > 0 {
+			ps.tenantMinIdle[slug] = t.MinIdle
 		}
 	}
 	return ps

@@ -99,6 +99,7 @@ type session struct {
 
 	user     string
 	tenant   string
+	identity *auth.Identity // set once authenticated and admitted
 	key      cancelKey
 	hasKey   bool
 	counted  bool // counted in Server.clients
@@ -154,6 +155,9 @@ func (s *session) run(ctx context.Context) {
 	defer func() {
 		if s.counted {
 			s.srv.clients.Add(-1)
+		}
+		if s.identity != nil {
+			s.srv.counts.release(s.identity)
 		}
 	}()
 	reason, err := s.setup(ctx)
@@ -435,6 +439,17 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	s.user = id.User
 	s.tenant = id.Tenant.Slug
 	s.logger = s.logger.With("tenant", id.Tenant.Slug)
+	if err := s.srv.counts.admit(rt.cfg, id); err != nil {
+		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, err, "%s", err.Error())
+	}
+	s.identity = id
+	policy := policyFor(rt.cfg, id)
+	for k, v := range policy.settings {
+		if params.runtime == nil {
+			params.runtime = map[string]string{}
+		}
+		params.runtime[k] = v
+	}
 	// Authentication is over; nothing is read from the client until
 	// forwarding starts.
 	if err := s.conn.SetDeadline(time.Time{}); err != nil {

@@ -50,6 +50,11 @@ type Config struct {
 	IdleTimeout time.Duration
 	// Lifetime closes backends this old when released; 0 keeps them.
 	Lifetime time.Duration
+	// MinIdle keeps at least this many idle backends in every pool that
+	// has been used (within the budget); TenantMinIdle overrides it per
+	// tenant slug. Topped up by the reaper once a second.
+	MinIdle       int
+	TenantMinIdle map[string]int
 	// OnWait, when set, observes how long each queued Acquire waited.
 	OnWait func(tenant string, waited time.Duration, ok bool)
 }
@@ -133,7 +138,7 @@ func New(cfg Config, dial DialFunc) (*Pool, error) {
 	}
 	p := &Pool{cfg: cfg, dial: dial, perTen: map[string]int{}, pools: map[Key]*keyPool{},
 		queues: map[string][]*waiter{}, done: make(chan struct{})}
-	if cfg.IdleTimeout > 0 {
+	if cfg.IdleTimeout > 0 || cfg.MinIdle > 0 || len(cfg.TenantMinIdle) > 0 {
 		p.wg.Add(1)
 		go p.reap()
 	}
@@ -424,7 +429,11 @@ func (p *Pool) dequeue(w *waiter) bool {
 
 func (p *Pool) reap() {
 	defer p.wg.Done()
-	tick := time.NewTicker(min(p.cfg.IdleTimeout/2, time.Second) + time.Millisecond)
+	every := time.Second
+	if p.cfg.IdleTimeout > 0 {
+		every = min(p.cfg.IdleTimeout/2, time.Second) + time.Millisecond
+	}
+	tick := time.NewTicker(every)
 	defer tick.Stop()
 	for {
 		select {
@@ -435,7 +444,7 @@ func (p *Pool) reap() {
 			for _, k := range p.pools {
 				keep := k.idle[:0]
 				for _, b := range k.idle {
-					if now.Sub(b.lastUsed) > p.cfg.IdleTimeout {
+					if p.cfg.IdleTimeout > 0 && now.Sub(b.lastUsed) > p.cfg.IdleTimeout && len(keep) >= p.minIdle(k.key.Tenant) {
 						p.discard(k, b, ReasonIdle)
 						continue
 					}
@@ -446,9 +455,41 @@ func (p *Pool) reap() {
 			}
 			for p.grantNext(nil) {
 			}
+			warm := p.warmUpKeys()
 			p.mu.Unlock()
+			for _, key := range warm {
+				if b, err := p.open(context.Background(), key); err == nil {
+					p.Release(b, true)
+				}
+			}
 		}
 	}
+}
+
+func (p *Pool) minIdle(tenant string) int {
+	if n, ok := p.cfg.TenantMinIdle[tenant]; ok {
+		return n
+	}
+	return p.cfg.MinIdle
+}
+
+// warmUpKeys reserves a slot for each backend needed to bring pools up to
+// their minimum idle count; nobody waiting comes first. Caller holds mu.
+func (p *Pool) warmUpKeys() []Key {
+	if len(p.rotation) > 0 || p.closed {
+		return nil
+	}
+	var keys []Key
+	for _, k := range p.pools {
+		for need := p.minIdle(k.key.Tenant) - len(k.idle); need > 0; need-- {
+			if p.total >= p.cfg.MaxConns || !p.reserveSlot(k.key) {
+				break
+			}
+			k.active++
+			keys = append(keys, k.key)
+		}
+	}
+	return keys
 }
 
 // Stats returns a snapshot of every pool.

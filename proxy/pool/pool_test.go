@@ -256,3 +256,19 @@ func TestIdleTimeoutAndClose(t *testing.T) {
 	}
 	time.Sleep(100 * time.Millisecond) // let the discard goroutines finish
 }
+
+func TestMinIdleWarmsUsedPools(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 4, MinIdle: 2})
+	p.Release(acquire(t, p, e.dh), true)
+	deadline := time.Now().Add(30 * time.Second)
+	for stats(p, e.dh).Idle < 2 && time.Now().Before(deadline) {
+		time.Sleep(50 * time.Millisecond)
+	}
+	if s := stats(p, e.dh); s.Idle != 2 || s.Opened != 2 {
+		t.Errorf("dh pool: %+v, want 2 idle backends", s)
+	}
+	if s := stats(p, e.pl); s.Opened != 0 {
+		t.Errorf("an unused pool was warmed: %+v", s)
+	}
+}

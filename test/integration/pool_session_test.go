@@ -2,11 +2,16 @@ package integration_test
 
 import (
 	"context"
+	"errors"
 	"net"
+	"strings"
 	"testing"
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/vitalproxy/vitalproxy/config"
 )
 
 // backendPID returns the real PostgreSQL backend pid behind a proxied
@@ -146,4 +151,31 @@ func waitResetValue(t *testing.T, r *running, want float64) {
 		time.Sleep(20 * time.Millisecond)
 	}
 	t.Fatalf("backend was not reset for reuse (resets ok = %v, want %v)", (float64Collector{r}).value(t), want)
+}
+
+// TestTenantPolicy: per-tenant client limits and timeouts from the config.
+func TestTenantPolicy(t *testing.T) {
+	noLeaks(t)
+	f := getFixture(t)
+	cfg := f.config(t)
+	cfg.Tenants = map[string]config.TenantSettings{
+		dhSlug: {MaxClientConns: 1, StatementTimeout: 1500 * time.Millisecond, IdleInTransactionTimeout: 20 * time.Second},
+	}
+	r := startProxy(t, cfg)
+	ctx := testCtx(t)
+	first := r.connect(t, "alice", "alice-pw")
+	var stmt, idle string
+	if err := first.QueryRow(ctx, "SELECT current_setting('statement_timeout'), current_setting('idle_in_transaction_session_timeout')").Scan(&stmt, &idle); err != nil {
+		t.Fatal(err)
+	}
+	if stmt != "1500ms" || idle != "20s" {
+		t.Errorf("statement_timeout %q idle_in_transaction_session_timeout %q, want 1500ms and 20s", stmt, idle)
+	}
+	_, err := pgx.Connect(ctx, r.url("alice", "alice-pw"))
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" || !strings.Contains(pgErr.Message, dhSlug) {
+		t.Errorf("second client of a tenant limited to one: %v, want 53300 naming the tenant", err)
+	}
+	// Other tenants are not limited.
+	r.connect(t, "bob", "bob-pw")
 }
