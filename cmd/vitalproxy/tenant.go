@@ -205,14 +205,20 @@ func newTenantResumeCommand() *cobra.Command {
 }
 
 func newTenantSyncCommand() *cobra.Command {
-	return &cobra.Command{
-		Use:   "sync",
+	var probe bool
+	cmd := &cobra.Command{
+		Use:   "sync [--probe]",
 		Short: "Create missing tenant roles and repair drift; prints each change",
 		Long: `Create missing tenant login roles and repair drift: role attributes (never
 SUPERUSER, BYPASSRLS, CREATEROLE, CREATEDB or REPLICATION; LOGIN only while the
 tenant is active), memberships (exactly the group role), passwords and the
 vital.tenant_roles rows. Sessions of suspended tenants' roles are ended. Each
-change is printed; running it again prints none.`,
+change is printed; running it again prints none.
+
+With --probe, or when probe.enabled is true in the configuration, it first
+makes sure the two tenants of the live isolation probe exist
+(` + tenantroles.ProbeTenantA + ` and ` + tenantroles.ProbeTenantB + `, type client) and that each has its
+private canary agent (` + tenantroles.ProbeCanaryPrefix + `<slug>).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			s, err := openTenantSession(cmd, true)
@@ -220,22 +226,36 @@ change is printed; running it again prints none.`,
 				return err
 			}
 			defer s.close()
-			rep, err := s.m.Sync(cmd.Context())
 			out := cmd.OutOrStdout()
+			var changes []string
+			if probe || s.cfg.Probe.Enabled {
+				rep, err := s.m.EnsureProbeTenants(cmd.Context())
+				for _, c := range rep.Changes {
+					fmt.Fprintln(out, c)
+				}
+				if err != nil {
+					return err
+				}
+				changes = append(changes, rep.Changes...)
+			}
+			rep, err := s.m.Sync(cmd.Context())
 			for _, c := range rep.Changes {
 				fmt.Fprintln(out, c)
 			}
 			if err != nil {
 				return err
 			}
-			if len(rep.Changes) == 0 {
+			changes = append(changes, rep.Changes...)
+			if len(changes) == 0 {
 				fmt.Fprintln(out, "tenant roles are in sync: nothing changed")
 			} else {
-				fmt.Fprintf(out, "%d change(s)\n", len(rep.Changes))
+				fmt.Fprintf(out, "%d change(s)\n", len(changes))
 			}
 			return nil
 		},
 	}
+	cmd.Flags().BoolVar(&probe, "probe", false, "also create the isolation probe's tenants and canary agents (implied by probe.enabled)")
+	return cmd
 }
 
 // printable replaces control characters so a value cannot break a table or
