@@ -282,6 +282,7 @@ func (s *Server) Run(ctx context.Context) error {
 		defer bg.Done()
 		s.background(bgCtx)
 	}()
+	s.startProbe(bgCtx, &bg, rt.cfg.Probe)
 	var accepting sync.WaitGroup
 	for _, l := range listeners {
 		accepting.Add(1)
