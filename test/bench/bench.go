@@ -30,7 +30,7 @@ const (
 	rolePrefix  = tenantroles.DefaultPrefix
 	benchDB     = "bench"
 	// sampleInterval is how often server connections are counted.
-	sampleInterval = 500 * time.Millisecond
+	sampleInterval = time.Second
 )
 
 // clusterSettings tune the throwaway cluster for a small benchmark box: the

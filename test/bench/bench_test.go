@@ -4,6 +4,7 @@ import (
 	"bytes"
 	"context"
 	"math"
+	"net"
 	"os"
 	"path/filepath"
 	"strings"
@@ -172,5 +173,71 @@ func TestSummaryRatios(t *testing.T) {
 	rows, err := parseMarkdown(strings.NewReader(rep.markdown()))
 	if err != nil || len(rows) != 3 || rows[1].TPS != 95 {
 		t.Errorf("markdown round trip: %v %+v", err, rows)
+	}
+}
+
+func TestLocalPortsTo(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer l.Close()
+	go func() {
+		for {
+			c, err := l.Accept()
+			if err != nil {
+				return
+			}
+			defer c.Close()
+		}
+	}()
+	var conns []net.Conn
+	for i := 0; i < 3; i++ {
+		c, err := net.Dial("tcp", l.Addr().String())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close()
+		conns = append(conns, c)
+	}
+	inodes, err := socketInodes(os.Getpid())
+	if err != nil {
+		t.Fatal(err)
+	}
+	ports, err := localPortsTo(inodes, l.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	own, err := ownPortsTo(l.Addr().(*net.TCPAddr).Port)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if len(ports) != len(conns) || len(own) != len(conns) {
+		t.Errorf("found %d (sock_diag) and %d (own sockets) connections to the listener, want %d", len(ports), len(own), len(conns))
+	}
+	for _, c := range conns {
+		if p := c.LocalAddr().(*net.TCPAddr).Port; !ports[p] || !own[p] {
+			t.Errorf("local port %d not found", p)
+		}
+	}
+}
+
+func BenchmarkLocalPortsTo(b *testing.B) {
+	inodes, err := socketInodes(os.Getpid())
+	if err != nil {
+		b.Fatal(err)
+	}
+	for b.Loop() {
+		if _, err := localPortsTo(inodes, 5432); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
+
+func BenchmarkOwnPortsTo(b *testing.B) {
+	for b.Loop() {
+		if _, err := ownPortsTo(5432); err != nil {
+			b.Fatal(err)
+		}
 	}
 }

@@ -236,7 +236,7 @@ var legend = []string{
 	"x direct / x PgBouncer: median of the per-round paired ratios (rounds are interleaved, so each pair ran back to back); range in parentheses.",
 	"latency ms: pgbench's average latency (without connection time); conn ms: pgbench's average connection time under -C.",
 	"CPU us/txn: CPU time of the endpoint's own process over the run divided by the transactions: the in-process proxy's getrusage(RUSAGE_SELF) delta (the harness only waits for pgbench meanwhile; pgbench is a child and does not count), PgBouncer's utime+stime from /proc/<pid>/stat (10 ms ticks).",
-	"server conns: the most backends of the tenant role that the endpoint's process held at once (sampled every 500 ms; PgBouncer keeps idle ones pooled); direct has one per client.",
+	"server conns: the most backends of the tenant role that the endpoint's process held at once (sampled every second; PgBouncer keeps idle ones pooled); direct has one per client.",
 	"foreign %: median share of all CPUs used during the runs by processes outside the benchmark (other users, steal; not the cluster, pgbench, the endpoints, irq/softirq or kernel threads); rounds above 10% are marked *.",
 	"x PgBouncer compares vitalproxy with pgbouncer-session and vitalproxy-tx with pgbouncer-tx.",
 }
