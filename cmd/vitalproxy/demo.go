@@ -188,7 +188,7 @@ func runDemo(ctx context.Context, base *config.Config, o demoOptions, out io.Wri
 	}
 	cfg := *base
 	cfg.DatabaseURL = config.Secret(env.adminURL)
-	cfg.Upstream = config.Upstream{URL: env.adminURL, AdminURL: config.Secret(env.adminURL), ConnectTimeout: 10 * time.Second}
+	cfg.Upstream = config.Upstream{URL: withoutUser(env.adminURL), AdminURL: config.Secret(env.adminURL), ConnectTimeout: 10 * time.Second}
 	cfg.RoleSecret = config.Secret(base64.StdEncoding.EncodeToString(secret))
 	cfg.RoleSecretFile = ""
 	cfg.RolePrefix = env.prefix
@@ -528,6 +528,17 @@ func (e *demoEnv) cleanup(out io.Writer) error {
 		fmt.Fprintf(out, "note: kept role(s) still in use elsewhere: %s\n", strings.Join(failed, ", "))
 	}
 	return nil
+}
+
+// withoutUser drops the user and password from a URL: tenants log in as
+// their own roles.
+func withoutUser(raw string) string {
+	u, err := url.Parse(raw)
+	if err != nil {
+		return raw
+	}
+	u.User = nil
+	return u.String()
 }
 
 func demoRandomHex(n int) string {

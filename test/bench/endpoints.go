@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"log/slog"
 	"net"
+	"net/url"
 	"os"
 	"os/exec"
 	"os/user"
@@ -142,7 +143,13 @@ func startProxy(ctx context.Context, b *bench, name, mode string) (*endpoint, er
 		return nil, err
 	}
 	cfg.DatabaseURL = config.Secret(b.adminURL)
-	cfg.Upstream = config.Upstream{URL: b.adminURL, AdminURL: config.Secret(b.adminURL), ConnectTimeout: 10 * time.Second}
+	// Tenants log in upstream as their own roles: no user in the URL.
+	upstream := b.cluster.URLFor("", "", b.db)
+	if u, err := url.Parse(upstream); err == nil {
+		u.User = nil
+		upstream = u.String()
+	}
+	cfg.Upstream = config.Upstream{URL: upstream, AdminURL: config.Secret(b.adminURL), ConnectTimeout: 10 * time.Second}
 	cfg.RoleSecret = config.Secret(base64.StdEncoding.EncodeToString(b.secret))
 	cfg.RoleSecretFile = ""
 	cfg.RolePrefix = rolePrefix
