@@ -1,0 +1,351 @@
+package isolation_test
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"strings"
+	"time"
+
+	"github.com/jackc/pgx/v5"
+)
+
+// disturbCases try to interfere with the victim's sessions.
+func disturbCases() []attackCase {
+	return []attackCase{
+		{name: "notify-into-victim-channel", category: "disturb", level: levelSQL, run: caseNotifyInto,
+			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can NOTIFY a channel another tenant " +
+				"listens on (NOTIFY and pg_notify need no privilege). Closed by the proxy's channel namespacing " +
+				"(not yet implemented)"},
+		{name: "listen-on-victim-channel", category: "disturb", level: levelSQL, run: caseListenOn,
+			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can LISTEN on another tenant's " +
+				"channel and read its payloads. Closed by the proxy's channel namespacing (not yet implemented)"},
+		{name: "advisory-locks", category: "disturb", level: levelSQL, run: caseAdvisoryLocks,
+			expectOpen: "advisory-lock keys are database-wide and pg_advisory_* are PUBLIC: a tenant can hold another " +
+				"tenant's application keys, and the key of vital.enforce_agent_limit (1986817140, hashtext(tenant " +
+				"id)) stalls the other tenant's agent inserts. Close with REVOKE EXECUTE ON the pg_advisory_* functions " +
+				"FROM PUBLIC and making vital.enforce_agent_limit SECURITY DEFINER (owner vital_owner, granted them)"},
+		{name: "cancel-terminate-backend", category: "disturb", level: levelSQL, run: caseSignalBackend},
+		{name: "lock-table", category: "disturb", level: levelSQL, run: caseLockTable},
+		{name: "lock-rows-shared-with-attacker", category: "disturb", level: levelSQL, run: caseSharedRowLocks},
+	}
+}
+
+func caseNotifyInto(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	ch := "iso_" + strings.ToLower(e.vic.label) + "_" + randomHex(4)
+	if _, err := vc.Exec(ctx, "LISTEN "+ch); err != nil {
+		return err
+	}
+	if err := selfNotify(ctx, vc, ch); err != nil {
+		return fmt.Errorf("positive control: %w", err)
+	}
+	if _, err := ac.Exec(ctx, "NOTIFY "+ch+", 'iso-from-attacker'"); err != nil {
+		if sqlState(err) == "42501" {
+			return nil
+		}
+		return err
+	}
+	if _, err := ac.Exec(ctx, "SELECT pg_notify($1, 'iso-from-attacker-2')", ch); err != nil && sqlState(err) != "42501" {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	n, err := vc.WaitForNotification(wctx)
+	if err != nil {
+		if errors.Is(err, context.DeadlineExceeded) || wctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return open("the victim's session received the attacker's notification on %s: %q", n.Channel, n.Payload)
+}
+
+// selfNotify checks that conn, listening on ch, receives a notification it
+// sends itself: the probe can see a notification arrive.
+func selfNotify(ctx context.Context, conn *pgx.Conn, ch string) error {
+	if _, err := conn.Exec(ctx, "SELECT pg_notify($1, 'iso-self')", ch); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, 5*time.Second)
+	defer cancel()
+	n, err := conn.WaitForNotification(wctx)
+	if err != nil {
+		return fmt.Errorf("own notification on %s: %w", ch, err)
+	}
+	if n.Payload != "iso-self" {
+		return fmt.Errorf("own notification on %s: payload %q", ch, n.Payload)
+	}
+	return nil
+}
+
+func caseListenOn(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	ch := "iso_" + strings.ToLower(e.vic.label) + "_" + randomHex(4)
+	if _, err := ac.Exec(ctx, "LISTEN "+ch); err != nil {
+		if sqlState(err) == "42501" {
+			return nil
+		}
+		return err
+	}
+	if err := selfNotify(ctx, ac, ch); err != nil {
+		return fmt.Errorf("positive control: %w", err)
+	}
+	if _, err := vc.Exec(ctx, "SELECT pg_notify($1, $2)", ch, e.vic.prefix+"-payload"); err != nil {
+		return err
+	}
+	wctx, cancel := context.WithTimeout(ctx, time.Second)
+	defer cancel()
+	n, err := ac.WaitForNotification(wctx)
+	if err != nil {
+		if wctx.Err() != nil {
+			return nil
+		}
+		return err
+	}
+	return open("the attacker received the victim's notification on %s: %q", n.Channel, n.Payload)
+}
+
+func caseAdvisoryLocks(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(vc)
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	var f findings
+	// An application key the victim holds.
+	if _, err := vc.Exec(ctx, "SELECT pg_advisory_lock(4242, 17)"); err != nil {
+		return err
+	}
+	got, err := scalar[bool](ctx, ac, "SELECT pg_try_advisory_lock(4242, 17)")
+	switch {
+	case sqlState(err) == "42501":
+	case err != nil:
+		return err
+	case !got:
+		f.add("the attacker sees (and can wait on) the victim's advisory lock (4242, 17)")
+	default:
+		_, _ = ac.Exec(ctx, "SELECT pg_advisory_unlock(4242, 17)")
+	}
+	if _, err := vc.Exec(ctx, "SELECT pg_advisory_unlock(4242, 17)"); err != nil {
+		return err
+	}
+	// The agent-quota trigger's key for the victim's tenant.
+	_, err = ac.Exec(ctx, "SELECT pg_advisory_lock(1986817140, hashtext($1))", e.vic.id)
+	switch {
+	case sqlState(err) == "42501":
+		return f.result()
+	case err != nil:
+		return err
+	}
+	defer func() { _, _ = ac.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock_all()") }()
+	if _, err := vc.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '300ms'"); err != nil {
+		return err
+	}
+	_, err = vc.Exec(ctx, "INSERT INTO public.agents (name) VALUES ('iso-quota')")
+	switch {
+	case err == nil:
+	case sqlState(err) == "55P03":
+		f.add("holding the agent-quota advisory key of the victim's tenant stalls the victim's agent inserts")
+	default:
+		return err
+	}
+	return f.result()
+}
+
+func caseSignalBackend(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	pid, err := backendPID(ctx, vc)
+	if err != nil {
+		return err
+	}
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	var f findings
+	p := fmt.Sprint(pid)
+	if err := f.addErr(deniedAll(ctx, ac, []string{
+		"SELECT pg_cancel_backend(" + p + ")",
+		"SELECT pg_terminate_backend(" + p + ")",
+		"SELECT pg_terminate_backend(" + p + ", 100)",
+		"SELECT pg_log_backend_memory_contexts(" + p + ")",
+	})); err != nil {
+		return err
+	}
+	member, err := scalar[bool](ctx, ac, "SELECT pg_has_role(session_user, 'pg_signal_backend', 'MEMBER')")
+	if err != nil {
+		return err
+	}
+	if member {
+		f.add("the attacker is a member of pg_signal_backend")
+	}
+	if _, err := vc.Exec(ctx, "SELECT 1"); err != nil {
+		f.add("the victim's session failed after the attempts: %v", err)
+	}
+	return f.result()
+}
+
+func caseLockTable(ctx context.Context, e *env) error {
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(ac)
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(vc)
+	var f findings
+	if _, err := ac.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	var stmts []string
+	for _, tbl := range append(resourceTables, "tenants", "user_tenants", "user_roles", "resource_sharing_audit") {
+		for _, mode := range []string{"ACCESS EXCLUSIVE", "EXCLUSIVE", "SHARE ROW EXCLUSIVE", "SHARE", "SHARE UPDATE EXCLUSIVE"} {
+			stmts = append(stmts, "LOCK TABLE public."+tbl+" IN "+mode+" MODE")
+		}
+	}
+	if err := f.addErr(deniedAll(ctx, ac, stmts)); err != nil {
+		return err
+	}
+	// The weak modes are allowed (INSERT and SELECT take them anyway); held
+	// in an open transaction they must not stall the victim's work.
+	var held []string
+	for _, s := range []string{
+		"LOCK TABLE public.agents, public.tools, public.prompts, public.workflows IN ROW EXCLUSIVE MODE",
+		"LOCK TABLE public.tenants, public.user_tenants IN ROW SHARE MODE",
+		"LOCK TABLE public.resource_sharing_audit IN ACCESS SHARE MODE",
+	} {
+		if _, err := ac.Exec(ctx, "SAVEPOINT iso_lock"); err != nil {
+			return err
+		}
+		if _, err := ac.Exec(ctx, s); err == nil {
+			held = append(held, s)
+			if _, err := ac.Exec(ctx, "RELEASE SAVEPOINT iso_lock"); err != nil {
+				return err
+			}
+		} else if sqlState(err) != "42501" {
+			return fmt.Errorf("%s: %w", s, err)
+		} else if _, err := ac.Exec(ctx, "ROLLBACK TO SAVEPOINT iso_lock"); err != nil {
+			return err
+		}
+	}
+	if len(held) > 0 {
+		e.note("tenant roles may take weak table locks: %s (they conflict only with DDL, which then queues every tenant)", strings.Join(held, "; "))
+	}
+	if _, err := ac.Exec(ctx, "SELECT * FROM public.agents FOR UPDATE"); err != nil {
+		return err
+	}
+	if _, err := vc.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '500ms'"); err != nil {
+		return err
+	}
+	for _, q := range []string{
+		"SELECT count(*) FROM public.agents",
+		"INSERT INTO public.agents (name) VALUES ('iso-lock')",
+		"UPDATE public.tools SET description = description WHERE tenant_id = '" + e.vic.id + "'",
+		"UPDATE public.user_tenants SET role = role WHERE tenant_id = '" + e.vic.id + "'",
+		"SELECT count(*) FROM public.mv_platform_shared_resources",
+		"SELECT * FROM public.agents WHERE tenant_id = '" + e.vic.id + "' FOR UPDATE NOWAIT",
+	} {
+		if _, err := vc.Exec(ctx, q); err != nil {
+			if sqlState(err) == "55P03" {
+				f.add("the victim's %q stalled behind the attacker's locks", oneLine(q))
+				if _, err := vc.Exec(ctx, "ROLLBACK; BEGIN; SET LOCAL lock_timeout = '500ms'"); err != nil {
+					return err
+				}
+				continue
+			}
+			return fmt.Errorf("victim %s: %w", q, err)
+		}
+	}
+	// Positive control: a lock that does conflict is detected by the same
+	// probe.
+	rollback(vc)
+	rollback(ac)
+	a, err := e.admin(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(a)
+	if _, err := a.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '5s'; LOCK TABLE public.workflows IN ACCESS EXCLUSIVE MODE"); err != nil {
+		return err
+	}
+	if _, err := vc.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '200ms'"); err != nil {
+		return err
+	}
+	if _, err := vc.Exec(ctx, "SELECT count(*) FROM public.workflows"); sqlState(err) != "55P03" {
+		return fmt.Errorf("positive control: the victim's read under a conflicting lock: %v", err)
+	}
+	return f.result()
+}
+
+func caseSharedRowLocks(ctx context.Context, e *env) error {
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(ac)
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(vc)
+	id := e.vic.sharedPeerID
+	var f findings
+	n, err := scalar[int](ctx, ac, "SELECT count(*)::int FROM public.agents WHERE id = $1", id)
+	if err != nil {
+		return err
+	}
+	if n != 1 {
+		return fmt.Errorf("positive control: the row the victim shares with the attacker is not visible to it")
+	}
+	if _, err := ac.Exec(ctx, "BEGIN"); err != nil {
+		return err
+	}
+	for _, mode := range []string{"UPDATE", "NO KEY UPDATE", "SHARE", "KEY SHARE"} {
+		n, err := scalar[int](ctx, ac, "SELECT count(*)::int FROM (SELECT id FROM public.agents WHERE id = $1 FOR "+mode+") s", id)
+		if err != nil {
+			if sqlState(err) == "42501" {
+				continue
+			}
+			return err
+		}
+		if n != 0 {
+			f.add("the attacker locked the victim's shared row FOR %s", mode)
+		}
+	}
+	if _, err := vc.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '500ms'"); err != nil {
+		return err
+	}
+	if _, err := vc.Exec(ctx, "UPDATE public.agents SET description = 'iso' WHERE id = $1", id); err != nil {
+		if sqlState(err) == "55P03" {
+			f.add("the victim's update of its own shared row stalled behind the attacker")
+		} else {
+			return err
+		}
+	}
+	return f.result()
+}
