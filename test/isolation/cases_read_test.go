@@ -274,12 +274,15 @@ func caseActivityQuery(ctx context.Context, e *env) error {
 	if !seen {
 		return fmt.Errorf("positive control: the victim's running query never showed in pg_stat_activity")
 	}
+	var f findings
 	text, err := queryText(ctx, ac, `SELECT s.*, pg_stat_get_backend_activity(b) FROM pg_stat_activity s,
 		pg_stat_get_backend_idset() b WHERE pg_stat_get_backend_pid(b) = s.pid`)
+	if sqlState(err) == "42501" {
+		return nil // revoked: nothing to read
+	}
 	if err != nil {
 		return err
 	}
-	var f findings
 	if err := f.addErr(e.leakIn("pg_stat_activity", text)); err != nil {
 		return err
 	}
@@ -289,7 +292,7 @@ func caseActivityQuery(ctx context.Context, e *env) error {
 	// Idle now; the last query text stays in pg_stat_activity.
 	text, err = queryText(ctx, ac, "SELECT query FROM pg_stat_activity")
 	if err != nil {
-		return err
+		return err // readable a moment ago
 	}
 	if err := f.addErr(e.leakIn("pg_stat_activity (victim idle)", text)); err != nil {
 		return err
@@ -310,6 +313,9 @@ func caseActivityAppName(ctx context.Context, e *env) error {
 		return err
 	}
 	text, err := queryText(ctx, ac, "SELECT usename, application_name FROM pg_stat_activity")
+	if sqlState(err) == "42501" {
+		return nil
+	}
 	if err != nil {
 		return err
 	}
@@ -425,22 +431,32 @@ func caseTableStats(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if _, err := conn.Exec(ctx, "SELECT pg_stat_clear_snapshot()"); err != nil {
+	if err := tryAll(ctx, conn, "SELECT pg_stat_clear_snapshot()"); err != nil {
 		return err
 	}
 	var f findings
 	for _, tbl := range resourceTables {
-		var visible, ins, live int64
-		var reltuples float32
-		err := conn.QueryRow(ctx, `SELECT (SELECT count(*) FROM public.`+tbl+`),
-			coalesce((SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = 'public.`+tbl+`'::regclass), -1),
-			coalesce((SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = 'public.`+tbl+`'::regclass), -1),
-			(SELECT reltuples FROM pg_class WHERE oid = 'public.`+tbl+`'::regclass)`).Scan(&visible, &ins, &live, &reltuples)
+		visible, err := scalar[int64](ctx, conn, "SELECT count(*) FROM public."+tbl)
 		if err != nil {
-			return fmt.Errorf("%s statistics: %w", tbl, err)
+			return err
 		}
-		if ins > visible || live > visible || int64(reltuples) > visible {
-			f.add("%s: the attacker sees %d rows; statistics say n_tup_ins=%d n_live_tup=%d reltuples=%v", tbl, visible, ins, live, reltuples)
+		rel := quoteLit("public." + tbl)
+		// Each source on its own: a revoked one answers 42501.
+		for _, src := range []struct{ what, sql string }{
+			{"pg_stat_user_tables.n_tup_ins", "SELECT n_tup_ins FROM pg_stat_user_tables WHERE relid = " + rel + "::regclass"},
+			{"pg_stat_user_tables.n_live_tup", "SELECT n_live_tup FROM pg_stat_user_tables WHERE relid = " + rel + "::regclass"},
+			{"pg_stat_get_tuples_inserted()", "SELECT pg_stat_get_tuples_inserted(" + rel + "::regclass)"},
+			{"pg_stat_get_live_tuples()", "SELECT pg_stat_get_live_tuples(" + rel + "::regclass)"},
+			{"pg_class.reltuples", "SELECT reltuples::bigint FROM pg_class WHERE oid = " + rel + "::regclass"},
+		} {
+			n, err := scalar[*int64](ctx, conn, src.sql)
+			switch {
+			case sqlState(err) == "42501":
+			case err != nil:
+				return fmt.Errorf("%s: %w", src.sql, err)
+			case n != nil && *n > visible:
+				f.add("%s: the attacker sees %d rows, %s says %d", tbl, visible, src.what, *n)
+			}
 		}
 	}
 	return f.result()
@@ -867,10 +883,14 @@ func caseCatalogNames(ctx context.Context, e *env) error {
 		return err
 	}
 	lo, err := scalar[uint32](ctx, vc, "SELECT lo_from_bytea(0, 'x')")
-	if err != nil {
+	switch {
+	case sqlState(err) == "42501":
+		lo = 0 // tenants may not create large objects
+	case err != nil:
 		return err
+	default:
+		defer func() { _, _ = vc.Exec(context.WithoutCancel(ctx), "SELECT lo_unlink($1)", lo) }()
 	}
-	defer func() { _, _ = vc.Exec(context.WithoutCancel(ctx), "SELECT lo_unlink($1)", lo) }()
 	ac, err := e.attacker(ctx)
 	if err != nil {
 		return err
@@ -895,7 +915,7 @@ func caseCatalogNames(ctx context.Context, e *env) error {
 		if sqlState(err) != "42501" {
 			return err
 		}
-	} else if strings.Contains(owners, e.vic.role("rw")) {
+	} else if lo != 0 && strings.Contains(owners, e.vic.role("rw")) {
 		f.add("pg_largeobject_metadata shows that the victim owns large object %d", lo)
 	}
 	return f.result()
@@ -907,6 +927,10 @@ func caseLargeObjects(ctx context.Context, e *env) error {
 		return err
 	}
 	lo, err := scalar[uint32](ctx, vc, "SELECT lo_from_bytea(0, convert_to($1, 'UTF8'))", e.vic.prefix+"-largeobject")
+	if sqlState(err) == "42501" {
+		e.note("tenant roles may not create large objects")
+		return nil
+	}
 	if err != nil {
 		return fmt.Errorf("victim lo_from_bytea: %w", err)
 	}
@@ -1076,7 +1100,7 @@ func caseCatalogSweep(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if len(rels) < 100 {
+	if len(rels) < 50 {
 		return fmt.Errorf("positive control: only %d catalogue relations readable", len(rels))
 	}
 	var f findings
@@ -1097,13 +1121,6 @@ func caseCatalogSweep(ctx context.Context, e *env) error {
 	}
 	if len(failed) > 0 {
 		e.note("catalogue relations the sweep could not read: %s", strings.Join(failed, ", "))
-	}
-	ids, err := queryText(ctx, ac, "SELECT t::text FROM pg_catalog.pg_stat_activity t UNION ALL SELECT t::text FROM pg_catalog.pg_locks t")
-	if err != nil {
-		return err
-	}
-	if err := f.addErr(e.leakIn("pg_stat_activity and pg_locks", ids)); err != nil {
-		return err
 	}
 	return f.result()
 }
