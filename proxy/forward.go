@@ -123,6 +123,11 @@ const clientBufferSize = 16 << 10
 // was not touched since.
 func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	client, server := s.conn, s.backend.Conn.Conn
+	if s.srv.loops != nil && isPlain(client) && isPlain(server) {
+		if res, ok := s.forwardLoop(s.srv.loops); ok {
+			return s.ended(tm, res)
+		}
+	}
 	var first atomic.Int32
 	type c2sResult struct {
 		n   int64
@@ -175,5 +180,35 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	_ = server.SetReadDeadline(time.Time{})
 	tm.c2s.Add(float64(s.c2s))
 	tm.s2c.Add(float64(s.s2c))
+	return reason, reusable
+}
+
+// ended turns an event loop's result into the session's end reason and
+// whether the backend may be reused, telling the client when needed.
+func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
+	_ = s.transition(stateDraining)
+	s.c2s, s.s2c = res.c2s, res.s2c
+	tm.c2s.Add(float64(s.c2s))
+	tm.s2c.Add(float64(s.s2c))
+	var reason endReason
+	reusable := false
+	switch {
+	case s.forced.Load():
+		reason = reasonShutdown
+		s.sendFatal(fatal(codeAdminShutdown, "terminating connection because the proxy is shutting down", ""))
+	case !res.clientEnded:
+		reason = reasonServerClosed
+		s.sendFatal(fatal(codeConnectionFailure, "server connection lost", ""))
+	case errors.Is(res.err, errMessageTooLarge):
+		reason = reasonProtocolError
+		s.sendFatal(fatal(codeProtocolViolation, "message too large", ""))
+	case errors.Is(res.err, errProtocol):
+		reason = reasonProtocolError
+		s.sendFatal(fatal(codeProtocolViolation, "invalid message length", ""))
+	default:
+		reason = reasonClientClosed
+		reusable = true
+	}
+	_ = s.conn.Close()
 	return reason, reusable
 }

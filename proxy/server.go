@@ -10,6 +10,7 @@ import (
 	"net"
 	"os"
 	"path/filepath"
+	"runtime"
 	"strconv"
 	"sync"
 	"sync/atomic"
@@ -144,6 +145,8 @@ type Server struct {
 	pool *pool.Pool
 	// recycling tracks backends being reset after their client left.
 	recycling sync.WaitGroup
+	// loops forward plain-socket sessions (nil: goroutine copies).
+	loops *evGroup
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -257,6 +260,13 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.pool.Close()
+	if s.loops, err = newEvGroup(forwardLoops()); err != nil {
+		s.logger.Warn("event-loop forwarding unavailable; using goroutine copies", "error", err)
+		s.loops = nil
+	}
+	if s.loops != nil {
+		defer s.loops.close()
+	}
 	s.metrics.watchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
 
 	listeners, err := s.listen(rt.cfg)
@@ -517,3 +527,7 @@ func poolSettingsFrom(cfg *config.Config) poolSettings {
 	}
 	return ps
 }
+
+// forwardLoops is how many event loops forward sessions: one per CPU the Go
+// scheduler may use.
+func forwardLoops() int { return max(1, runtime.GOMAXPROCS(0)) }

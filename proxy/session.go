@@ -96,6 +96,8 @@ type session struct {
 	backend *pool.Backend
 	// tenantID is asserted again when the backend is reset for reuse.
 	tenantID string
+	// loopServerFd is the backend descriptor an event loop forwards, or -1.
+	loopServerFd int
 
 	user     string
 	tenant   string
@@ -117,6 +119,8 @@ func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
 		remote: conn.RemoteAddr().String(),
 		conn:   conn,
 		raw:    conn,
+
+		loopServerFd: -1,
 	}
 	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
 	return s
@@ -326,6 +330,10 @@ func (s *session) closeAll() {
 func (s *session) forceClose() {
 	s.forced.Store(true)
 	s.mu.Lock()
+	if s.killLoopForward() {
+		s.mu.Unlock()
+		return
+	}
 	b := s.backend
 	s.mu.Unlock()
 	if b != nil && sessionState(s.state.Load()) >= stateForwarding {

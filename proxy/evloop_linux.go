@@ -1,0 +1,426 @@
+//go:build linux
+
+package proxy
+
+import (
+	"encoding/binary"
+	"errors"
+	"fmt"
+	"net"
+	"runtime"
+	"sync"
+	"sync/atomic"
+	"syscall"
+
+	"golang.org/x/sys/unix"
+)
+
+// The event loops forward session-mode bytes between plain sockets the way
+// PgBouncer does: a few OS threads, each blocked in epoll_wait for many
+// sessions, read a socket that is ready and write what they read to its
+// peer. Per message that is one read and one write system call, with no
+// speculative read that finds nothing, no goroutine wake-up and no
+// user-space copy beyond one shared buffer per loop. TLS sessions keep the
+// goroutine copy (see forward).
+
+// loopBufferSize is each loop's read buffer, shared by its sessions.
+const loopBufferSize = 64 << 10
+
+// evGroup spreads sessions over its loops. Safe for concurrent use.
+type evGroup struct {
+	loops []*evLoop
+	next  atomic.Uint32
+}
+
+func newEvGroup(n int) (*evGroup, error) {
+	g := &evGroup{}
+	for range n {
+		l, err := newEvLoop()
+		if err != nil {
+			g.close()
+			return nil, err
+		}
+		g.loops = append(g.loops, l)
+	}
+	return g, nil
+}
+
+func (g *evGroup) pick() *evLoop {
+	return g.loops[int(g.next.Add(1))%len(g.loops)]
+}
+
+func (g *evGroup) close() {
+	for _, l := range g.loops {
+		l.stop()
+	}
+}
+
+// fwdResult says how a forwarded session ended.
+type fwdResult struct {
+	clientEnded bool  // the client side ended first (EOF, Terminate, error)
+	err         error // errClientTerminate, errMessageTooLarge, errProtocol or an I/O error
+	c2s, s2c    int64
+}
+
+// fwdJob is one session's pair of sockets inside a loop. The loop owns every
+// field except done and the fds, which the session closes after done.
+type fwdJob struct {
+	clientFd, serverFd int
+	maxLen             int
+	done               chan fwdResult
+
+	// Client-to-server framing (see forwardClient).
+	remaining int64
+	carry     [5]byte
+	carryLen  int
+	// Bytes that could not be written yet, by destination fd.
+	toClient, toServer []byte
+	c2s, s2c           int64
+	finished           bool
+}
+
+type evLoop struct {
+	epfd, wakeFd int
+	mu           sync.Mutex
+	adds         []*fwdJob
+	quit         bool
+	jobs         map[int]*fwdJob // by fd
+	buf          []byte
+	wg           sync.WaitGroup
+}
+
+func newEvLoop() (*evLoop, error) {
+	epfd, err := unix.EpollCreate1(unix.EPOLL_CLOEXEC)
+	if err != nil {
+		return nil, fmt.Errorf("epoll_create1: %w", err)
+	}
+	wfd, err := unix.Eventfd(0, unix.EFD_CLOEXEC|unix.EFD_NONBLOCK)
+	if err != nil {
+		unix.Close(epfd)
+		return nil, fmt.Errorf("eventfd: %w", err)
+	}
+	if err := unix.EpollCtl(epfd, unix.EPOLL_CTL_ADD, wfd, &unix.EpollEvent{Events: unix.EPOLLIN, Fd: int32(wfd)}); err != nil {
+		unix.Close(epfd)
+		unix.Close(wfd)
+		return nil, fmt.Errorf("epoll_ctl: %w", err)
+	}
+	l := &evLoop{epfd: epfd, wakeFd: wfd, jobs: map[int]*fwdJob{}, buf: make([]byte, loopBufferSize)}
+	l.wg.Add(1)
+	go l.run()
+	return l, nil
+}
+
+func (l *evLoop) wake() {
+	var one [8]byte
+	binary.NativeEndian.PutUint64(one[:], 1)
+	_, _ = unix.Write(l.wakeFd, one[:])
+}
+
+// add hands a job to the loop; its result arrives on j.done.
+func (l *evLoop) add(j *fwdJob) {
+	l.mu.Lock()
+	if l.quit {
+		l.mu.Unlock()
+		j.done <- fwdResult{err: net.ErrClosed}
+		return
+	}
+	l.adds = append(l.adds, j)
+	l.mu.Unlock()
+	l.wake()
+}
+
+func (l *evLoop) stop() {
+	l.mu.Lock()
+	l.quit = true
+	l.mu.Unlock()
+	l.wake()
+	l.wg.Wait()
+}
+
+func (l *evLoop) run() {
+	defer l.wg.Done()
+	// The thread blocks in epoll_wait; keep it to this loop.
+	runtime.LockOSThread()
+	defer runtime.UnlockOSThread()
+	events := make([]unix.EpollEvent, 128)
+	for {
+		n, err := unix.EpollWait(l.epfd, events, -1)
+		if err != nil {
+			if errors.Is(err, unix.EINTR) {
+				continue
+			}
+			l.failAll(err)
+			return
+		}
+		for i := range n {
+			ev := events[i]
+			fd := int(ev.Fd)
+			if fd == l.wakeFd {
+				if l.drainWake() {
+					l.failAll(net.ErrClosed)
+					return
+				}
+				continue
+			}
+			j := l.jobs[fd]
+			if j == nil || j.finished {
+				continue
+			}
+			if ev.Events&unix.EPOLLOUT != 0 {
+				l.flush(j, fd)
+			}
+			if !j.finished && ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+				l.pump(j, fd)
+			}
+		}
+	}
+}
+
+// drainWake registers new jobs; it reports whether the loop must stop.
+func (l *evLoop) drainWake() bool {
+	var b [8]byte
+	_, _ = unix.Read(l.wakeFd, b[:])
+	l.mu.Lock()
+	adds, quit := l.adds, l.quit
+	l.adds = nil
+	l.mu.Unlock()
+	for _, j := range adds {
+		l.jobs[j.clientFd] = j
+		l.jobs[j.serverFd] = j
+		for _, fd := range []int{j.clientFd, j.serverFd} {
+			if err := unix.EpollCtl(l.epfd, unix.EPOLL_CTL_ADD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)}); err != nil {
+				l.finish(j, fd == j.clientFd, err)
+				break
+			}
+		}
+	}
+	return quit
+}
+
+func (l *evLoop) failAll(err error) {
+	for fd, j := range l.jobs {
+		if !j.finished {
+			l.finish(j, fd == j.clientFd, err)
+		}
+	}
+}
+
+// finish ends a job: the loop forgets its fds and tells the session.
+func (l *evLoop) finish(j *fwdJob, clientEnded bool, err error) {
+	j.finished = true
+	for _, fd := range []int{j.clientFd, j.serverFd} {
+		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
+		delete(l.jobs, fd)
+	}
+	j.done <- fwdResult{clientEnded: clientEnded, err: err, c2s: j.c2s, s2c: j.s2c}
+}
+
+// pump reads what fd has and passes it on to its peer.
+func (l *evLoop) pump(j *fwdJob, fd int) {
+	fromClient := fd == j.clientFd
+	peer := j.serverFd
+	if !fromClient {
+		peer = j.clientFd
+	}
+	buf := l.buf
+	start := 0
+	if fromClient && j.carryLen > 0 {
+		start = copy(buf, j.carry[:j.carryLen])
+		j.carryLen = 0
+	}
+	n, err := unix.Read(fd, buf[start:])
+	if err == unix.EAGAIN || err == unix.EINTR {
+		if start > 0 {
+			j.carryLen = copy(j.carry[:], buf[:start])
+		}
+		return
+	}
+	if n <= 0 {
+		if err == nil {
+			err = errEOF
+		}
+		l.finish(j, fromClient, err)
+		return
+	}
+	n += start
+	data := buf[:n]
+	var stop error
+	if fromClient {
+		var send int
+		send, stop = j.frame(data)
+		data = data[:send]
+	}
+	if len(data) > 0 {
+		if !l.write(j, peer, data) {
+			return
+		}
+		if fromClient {
+			j.c2s += int64(len(data))
+		} else {
+			j.s2c += int64(len(data))
+		}
+	}
+	if stop != nil {
+		l.finish(j, true, stop)
+	}
+}
+
+var errEOF = errors.New("EOF")
+
+// frame walks client message headers in data (which starts where the last
+// call stopped) and returns how many bytes may go to the server: everything
+// up to a Terminate, a bad length or an oversized message (then with the
+// matching error), or up to a header that is not complete yet, whose bytes
+// are carried to the next read.
+func (j *fwdJob) frame(data []byte) (int, error) {
+	pos, n := 0, len(data)
+	for pos < n {
+		if j.remaining > 0 {
+			step := min(j.remaining, int64(n-pos))
+			pos += int(step)
+			j.remaining -= step
+			continue
+		}
+		if n-pos < 5 {
+			j.carryLen = copy(j.carry[:], data[pos:])
+			return pos, nil
+		}
+		typ := data[pos]
+		length := int64(binary.BigEndian.Uint32(data[pos+1 : pos+5]))
+		switch {
+		case typ == 'X':
+			return pos, errClientTerminate
+		case length < 4:
+			return pos, errProtocol
+		case j.maxLen > 0 && length-4 > int64(j.maxLen):
+			return pos, errMessageTooLarge
+		}
+		pos += 5
+		j.remaining = length - 4
+	}
+	return n, nil
+}
+
+// write sends data to fd, keeping what the socket does not take and
+// pausing the source until it drains. It reports false when the job ended.
+func (l *evLoop) write(j *fwdJob, fd int, data []byte) bool {
+	pending := &j.toServer
+	src := j.clientFd
+	if fd == j.clientFd {
+		pending = &j.toClient
+		src = j.serverFd
+	}
+	if len(*pending) > 0 {
+		*pending = append(*pending, data...)
+		return true
+	}
+	for len(data) > 0 {
+		n, err := unix.Write(fd, data)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			*pending = append((*pending)[:0], data...)
+			// Backpressure: stop reading the source, wait for room.
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, src, &unix.EpollEvent{Events: unix.EPOLLRDHUP, Fd: int32(src)})
+			_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLOUT | unix.EPOLLRDHUP, Fd: int32(fd)})
+			return true
+		}
+		if err != nil {
+			l.finish(j, fd == j.clientFd, err)
+			return false
+		}
+		data = data[n:]
+	}
+	return true
+}
+
+// flush writes pending bytes to fd once it has room again.
+func (l *evLoop) flush(j *fwdJob, fd int) {
+	pending := &j.toServer
+	src := j.clientFd
+	if fd == j.clientFd {
+		pending = &j.toClient
+		src = j.serverFd
+	}
+	for len(*pending) > 0 {
+		n, err := unix.Write(fd, *pending)
+		if err == unix.EINTR {
+			continue
+		}
+		if err == unix.EAGAIN {
+			return
+		}
+		if err != nil {
+			l.finish(j, fd == j.clientFd, err)
+			return
+		}
+		*pending = (*pending)[n:]
+	}
+	*pending = nil
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, fd, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(fd)})
+	_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_MOD, src, &unix.EpollEvent{Events: unix.EPOLLIN | unix.EPOLLRDHUP, Fd: int32(src)})
+}
+
+// dupFd returns a duplicate of c's socket descriptor for the loop; the
+// session closes it. The original stays open and unused meanwhile.
+func dupFd(c net.Conn) (int, error) {
+	sc, ok := c.(syscall.Conn)
+	if !ok {
+		return -1, errors.New("not a socket")
+	}
+	rc, err := sc.SyscallConn()
+	if err != nil {
+		return -1, err
+	}
+	nfd := -1
+	var derr error
+	if err := rc.Control(func(fd uintptr) {
+		nfd, derr = unix.FcntlInt(fd, unix.F_DUPFD_CLOEXEC, 0)
+	}); err != nil {
+		return -1, err
+	}
+	return nfd, derr
+}
+
+// forwardLoop forwards the session through an event loop. It reports
+// ok=false when the sockets cannot be handed over (then nothing was
+// forwarded and the caller uses the goroutine copy).
+func (s *session) forwardLoop(g *evGroup) (fwdResult, bool) {
+	client, server := s.conn, s.backend.Conn.Conn
+	cfd, err := dupFd(client)
+	if err != nil {
+		return fwdResult{}, false
+	}
+	sfd, err := dupFd(server)
+	if err != nil {
+		unix.Close(cfd)
+		return fwdResult{}, false
+	}
+	j := &fwdJob{clientFd: cfd, serverFd: sfd, maxLen: s.rt.cfg.Limits.MaxMessageSize, done: make(chan fwdResult, 1)}
+	s.mu.Lock()
+	s.loopServerFd = sfd
+	s.mu.Unlock()
+	if s.forced.Load() {
+		_ = unix.Shutdown(sfd, unix.SHUT_RDWR)
+	}
+	g.pick().add(j)
+	res := <-j.done
+	s.mu.Lock()
+	s.loopServerFd = -1
+	unix.Close(cfd)
+	unix.Close(sfd)
+	s.mu.Unlock()
+	return res, true
+}
+
+// killLoopForward makes a session forwarded by a loop end: the backend
+// socket is shut down (closing the Go connection would not, the loop holds
+// a duplicate descriptor). Caller holds s.mu.
+func (s *session) killLoopForward() bool {
+	if s.loopServerFd < 0 {
+		return false
+	}
+	_ = unix.Shutdown(s.loopServerFd, unix.SHUT_RDWR)
+	return true
+}
