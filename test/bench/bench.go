@@ -27,8 +27,10 @@ import (
 const (
 	// benchTenant is the tenant every endpoint's role belongs to.
 	benchTenant = "digital-health-startup"
-	rolePrefix  = tenantroles.DefaultPrefix
-	benchDB     = "bench"
+	// txTenant is the tenant of the transaction-mode proxy endpoint.
+	txTenant   = "bench-tx"
+	rolePrefix = tenantroles.DefaultPrefix
+	benchDB    = "bench"
 	// sampleInterval is how often server connections are counted.
 	sampleInterval = time.Second
 )
@@ -302,7 +304,7 @@ func (b *bench) measure(ctx context.Context, ep *endpoint, w workload, round, se
 	r := runResult{Workload: w.name, Endpoint: ep.name, Round: round, ServerConns: -1}
 	var sampler *connSampler
 	if ep.pid > 0 {
-		sampler = startConnSampler(ctx, b.sampler, ep.pid, b.cluster.Port, b.rwRole, b.db, sampleInterval)
+		sampler = startConnSampler(ctx, b.sampler, ep.pid, b.cluster.Port, ep.role, b.db, sampleInterval)
 	}
 	meter := &machineMeter{postmaster: b.postmaster, others: b.pgbouncerCPU}
 	meter.start()
@@ -399,8 +401,15 @@ func (b *bench) setup(ctx context.Context) error {
 	if _, err := rand.Read(b.secret); err != nil {
 		return err
 	}
-	if _, err := tenantroles.New(b.admin, tenantroles.Options{Secret: b.secret, Prefix: rolePrefix}).Sync(ctx); err != nil {
+	tm := tenantroles.New(b.admin, tenantroles.Options{Secret: b.secret, Prefix: rolePrefix})
+	if _, err := tm.Sync(ctx); err != nil {
 		return fmt.Errorf("tenant roles: %w", err)
+	}
+	// The transaction-mode proxy serves a tenant of its own: both proxies
+	// run in this process, and their server connections are told apart by
+	// role.
+	if _, err := tm.Add(ctx, tenantroles.Spec{Slug: txTenant, Name: "Benchmark (transaction mode)", Type: "industry"}); err != nil {
+		return fmt.Errorf("add tenant %s: %w", txTenant, err)
 	}
 	b.rwRole = auth.RoleName(rolePrefix, benchTenant, auth.ReadWrite)
 
@@ -488,7 +497,8 @@ func (b *bench) environment() []string {
 	env = append(env,
 		fmt.Sprintf("run: -T %ds, %d interleaved rounds, warm-up %s, scale %d, max-foreign %.0f%% (retries %d)", pgbenchSeconds(b.opts.duration), b.opts.repeats, b.opts.warmup, b.opts.scale, b.opts.maxForeign, b.opts.foreignRetries),
 		"pg: "+strings.Join(clusterSettings, ", ")+", fsync = off, synchronous_commit = off",
-		fmt.Sprintf("roles: every endpoint logs in as or through tenant %s's read-write role %s (not a superuser)", benchTenant, b.rwRole),
+		fmt.Sprintf("roles: every endpoint logs in as or through a tenant's read-write role, never a superuser: %s (tenant %s), for vitalproxy-tx %s (tenant %s, same privileges)",
+			b.rwRole, benchTenant, auth.RoleName(rolePrefix, txTenant, auth.ReadWrite), txTenant),
 	)
 	return env
 }

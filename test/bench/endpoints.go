@@ -44,6 +44,8 @@ type endpoint struct {
 	cpu func() (time.Duration, error)
 	// skip returns why the workload does not apply, or "".
 	skip func(w workload) string
+	// role is the PostgreSQL role the endpoint's server connections use.
+	role string
 	// pid is the process holding the endpoint's server connections (0 =
 	// none: direct).
 	pid int
@@ -70,10 +72,10 @@ type endpointKind struct {
 var endpointKinds = []endpointKind{
 	{name: "direct", start: startDirect},
 	{name: "vitalproxy", start: func(ctx context.Context, b *bench) (*endpoint, error) {
-		return startProxy(ctx, b, "vitalproxy", "session")
+		return startProxy(ctx, b, "vitalproxy", "session", benchTenant)
 	}},
 	{name: "vitalproxy-tx", start: func(ctx context.Context, b *bench) (*endpoint, error) {
-		return startProxy(ctx, b, "vitalproxy-tx", "transaction")
+		return startProxy(ctx, b, "vitalproxy-tx", "transaction", txTenant)
 	}},
 	{name: "pgbouncer-session", start: func(ctx context.Context, b *bench) (*endpoint, error) {
 		return startPgBouncer(ctx, b, "pgbouncer-session", "session", b.opts.sessionPool)
@@ -125,14 +127,13 @@ func peerOf(ep *endpoint) string {
 
 // startDirect logs in to PostgreSQL as the tenant's read-write role.
 func startDirect(_ context.Context, b *bench) (*endpoint, error) {
-	return &endpoint{name: "direct", kind: "direct", host: b.cluster.Host, port: b.cluster.Port,
+	return &endpoint{name: "direct", kind: "direct", host: b.cluster.Host, port: b.cluster.Port, role: b.rwRole,
 		user: b.rwRole, password: auth.RolePassword(b.secret, b.rwRole), db: b.db, stop: func() {}}, nil
 }
 
 // startProxy runs the proxy in-process with one config user, "bench",
-// mapped to the benchmark tenant. Its goroutines carry the pprof label
-// endpoint=<name>.
-func startProxy(ctx context.Context, b *bench, name, mode string) (*endpoint, error) {
+// mapped to tenant. Its goroutines carry the pprof label endpoint=<name>.
+func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endpoint, error) {
 	cfg, err := config.Load(config.Options{})
 	if err != nil {
 		return nil, fmt.Errorf("%s: default config: %w", name, err)
@@ -169,7 +170,7 @@ func startProxy(ctx context.Context, b *bench, name, mode string) (*endpoint, er
 			cfg.Pool.MaxServerConns = pool
 		}
 	}
-	cfg.Users = []config.User{{Name: "bench", Password: config.Secret(verifier), Tenant: benchTenant, PoolMode: mode}}
+	cfg.Users = []config.User{{Name: "bench", Password: config.Secret(verifier), Tenant: tenant, PoolMode: mode}}
 	cfg.Tenants = nil
 	cfg.File = ""
 	if err := cfg.Validate(); err != nil {
@@ -212,6 +213,7 @@ func startProxy(ctx context.Context, b *bench, name, mode string) (*endpoint, er
 	}
 	return &endpoint{name: name, kind: "vitalproxy", mode: mode, host: "127.0.0.1", port: ta.Port,
 		user: "bench", password: password, db: b.db, pool: pool, cpu: selfCPU, pid: os.Getpid(),
+		role: auth.RoleName(rolePrefix, tenant, auth.ReadWrite),
 		stop: func() {
 			cancel()
 			select {
@@ -404,7 +406,7 @@ stats_period = 60
 	}
 	pid := cmd.Process.Pid
 	ep := &endpoint{name: name, kind: "pgbouncer", mode: mode, host: "127.0.0.1", port: port,
-		user: b.rwRole, password: auth.RolePassword(b.secret, b.rwRole), db: b.db, pool: pool, pid: pid,
+		user: b.rwRole, password: auth.RolePassword(b.secret, b.rwRole), db: b.db, pool: pool, pid: pid, role: b.rwRole,
 		cpu: func() (time.Duration, error) { return procCPU(pid) }, stop: stop}
 	if mode == "transaction" && prepared == "" {
 		ep.skip = func(w workload) string {
