@@ -530,4 +530,4 @@ func poolSettingsFrom(cfg *config.Config) poolSettings {
 
 // forwardLoops is how many event loops forward sessions: one per CPU the Go
 // scheduler may use.
-func forwardLoops() int { return max(1, runtime.GOMAXPROCS(0)) }
+func forwardLoops() int { return max(1, runtime.GOMAXPROCS(0)/2) }
