@@ -586,6 +586,9 @@ func caseSessionState(ctx context.Context, e *env) error {
 	if err := f.addErr(e.checkTenant(ctx, ac2)); err != nil {
 		return err
 	}
+	if err := e.staleRoleDefaults(ctx); err != nil {
+		return err
+	}
 	if !advisory {
 		return f.result()
 	}
@@ -604,4 +607,65 @@ func caseSessionState(ctx context.Context, e *env) error {
 		f.add("the attacker's session-level advisory lock outlived its client session")
 	}
 	return f.result()
+}
+
+// staleRoleDefaults checks whether pooled backends keep role defaults (ALTER
+// ROLE CURRENT_USER SET ..., which every role may do to itself) after the
+// tenant has reset them: a backend's defaults are fixed at its login and
+// DISCARD ALL returns to them. It only affects the attacker's own tenant,
+// so it is noted rather than judged. The setting used is harmless to the
+// rest of the suite.
+func (e *env) staleRoleDefaults(ctx context.Context) error {
+	const n = 8 // more than the attacker's pool keeps idle during the suite
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	if _, err := ac.Exec(ctx, "ALTER ROLE CURRENT_USER SET IntervalStyle = 'iso_8601'"); err != nil {
+		return err
+	}
+	defer func() { _, _ = ac.Exec(context.WithoutCancel(ctx), "ALTER ROLE CURRENT_USER RESET IntervalStyle") }()
+	openN := func() ([]*pgx.Conn, error) {
+		var conns []*pgx.Conn
+		for range n {
+			c, err := e.attacker(ctx)
+			if err != nil {
+				return nil, err
+			}
+			conns = append(conns, c)
+		}
+		return conns, nil
+	}
+	conns, err := openN()
+	if err != nil {
+		return err
+	}
+	for _, c := range conns {
+		if err := c.Close(ctx); err != nil {
+			return err
+		}
+	}
+	if _, err := ac.Exec(ctx, "ALTER ROLE CURRENT_USER RESET IntervalStyle"); err != nil {
+		return err
+	}
+	if conns, err = openN(); err != nil {
+		return err
+	}
+	stale := 0
+	for _, c := range conns {
+		style, err := scalar[string](ctx, c, "SHOW IntervalStyle")
+		if err != nil {
+			return err
+		}
+		if style == "iso_8601" {
+			stale++
+		}
+	}
+	if stale > 0 {
+		e.note("%d of %d new sessions of the attacker's tenant got a pooled backend that still carries a role default "+
+			"the tenant had reset (ALTER ROLE CURRENT_USER SET ... is open to every role; a default role = vital_tenant "+
+			"would leave read-write sessions read-only the same way); the reset could add SET ROLE NONE and recycle "+
+			"backends whose role defaults changed", stale, n)
+	}
+	return nil
 }
