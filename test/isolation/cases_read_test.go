@@ -650,11 +650,24 @@ func caseUniqueOracle(ctx context.Context, e *env) error {
 			f.add("%s tells the victim's id (%q, %d rows) from a random one (%q, %d rows)", p.what, st1, n1, st2, n2)
 		}
 	}
-	st1, _, err := try("INSERT INTO public.user_tenants (user_id) VALUES ($1)", e.vic.userID)
+	// Natural unique keys: tenants.slug (inserting tenants is refused
+	// before the unique index is consulted, so no oracle).
+	st1, _, err := try("INSERT INTO public.tenants (name, slug, type) VALUES ('iso', $1, 'client')", e.vic.slug)
 	if err != nil {
 		return err
 	}
-	st2, _, err := try("INSERT INTO public.user_tenants (user_id) VALUES ($1)", randomUUID())
+	st2, _, err := try("INSERT INTO public.tenants (name, slug, type) VALUES ('iso', $1, 'client')", "iso-"+randomHex(4))
+	if err != nil {
+		return err
+	}
+	if st1 != st2 {
+		f.add("tenants.slug tells the victim's slug (%q) from a random one (%q)", st1, st2)
+	}
+	st1, _, err = try("INSERT INTO public.user_tenants (user_id) VALUES ($1)", e.vic.userID)
+	if err != nil {
+		return err
+	}
+	st2, _, err = try("INSERT INTO public.user_tenants (user_id) VALUES ($1)", randomUUID())
 	if err != nil {
 		return err
 	}
