@@ -21,10 +21,11 @@ func disturbCases() []attackCase {
 			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can LISTEN on another tenant's " +
 				"channel and read its payloads. Closed by the proxy's channel namespacing (not yet implemented)"},
 		{name: "advisory-locks", category: "disturb", level: levelSQL, run: caseAdvisoryLocks,
-			expectOpen: "advisory-lock keys are database-wide and pg_advisory_* are PUBLIC: a tenant can hold another " +
-				"tenant's application keys, and the key of vital.enforce_agent_limit (1986817140, hashtext(tenant " +
-				"id)) stalls the other tenant's agent inserts. Close with REVOKE EXECUTE ON the pg_advisory_* functions " +
-				"FROM PUBLIC and making vital.enforce_agent_limit SECURITY DEFINER (owner vital_owner, granted them)"},
+			expectOpen: "advisory-lock keys are database-wide and pg_advisory_* are PUBLIC: a tenant can see (try-lock) " +
+				"and hold the keys another tenant's application uses. Close with REVOKE EXECUTE ON FUNCTION on the 21 " +
+				"pg_catalog.pg_*advisory* functions FROM PUBLIC (tenant applications then cannot use advisory locks), " +
+				"or namespace keys in the proxy (not possible for key values chosen by clients)"},
+		{name: "agent-quota-lock", category: "disturb", level: levelSQL, run: caseQuotaLock},
 		{name: "cancel-terminate-backend", category: "disturb", level: levelSQL, run: caseSignalBackend},
 		{name: "lock-table", category: "disturb", level: levelSQL, run: caseLockTable},
 		{name: "lock-rows-shared-with-attacker", category: "disturb", level: levelSQL, run: caseSharedRowLocks},
@@ -153,7 +154,8 @@ func caseAdvisoryLocks(ctx context.Context, e *env) error {
 			return err
 		}
 	}
-	// The agent-quota trigger's key for the victim's tenant.
+	// The key the agent quota once used (1986817140, hashtext(tenant id))
+	// must no longer stall the victim's inserts.
 	_, err = ac.Exec(ctx, "SELECT pg_advisory_lock(1986817140, hashtext($1))", e.vic.id)
 	switch {
 	case sqlState(err) == "42501":
@@ -162,16 +164,79 @@ func caseAdvisoryLocks(ctx context.Context, e *env) error {
 		return err
 	}
 	defer func() { _, _ = ac.Exec(context.WithoutCancel(ctx), "SELECT pg_advisory_unlock_all()") }()
+	if err := f.addErr(victimInsertProceeds(ctx, vc, "the attacker holds the old agent-quota advisory key")); err != nil {
+		return err
+	}
+	return f.result()
+}
+
+// victimInsertProceeds checks that the victim can insert an agent within
+// a short lock_timeout (rolled back), and reports a stall as open.
+func victimInsertProceeds(ctx context.Context, vc *pgx.Conn, while string) error {
 	if _, err := vc.Exec(ctx, "BEGIN; SET LOCAL lock_timeout = '300ms'"); err != nil {
 		return err
 	}
-	_, err = vc.Exec(ctx, "INSERT INTO public.agents (name) VALUES ('iso-quota')")
+	defer rollback(vc)
+	_, err := vc.Exec(ctx, "INSERT INTO public.agents (name) VALUES ('iso-quota')")
 	switch {
 	case err == nil:
+		return nil
 	case sqlState(err) == "55P03":
-		f.add("holding the agent-quota advisory key of the victim's tenant stalls the victim's agent inserts")
+		return open("the victim's agent insert stalls while %s", while)
 	default:
 		return err
+	}
+}
+
+// caseQuotaLock: the agent quota serialises a tenant's inserts on a
+// private row lock taken by a BEFORE trigger, which runs before RLS's WITH
+// CHECK. An attacker inserting a row in the victim's name (refused) inside
+// a transaction it then leaves open must not hold the victim's quota lock.
+func caseQuotaLock(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(vc)
+	// Positive control: the victim's own pending insert does make a second
+	// victim session wait, so a stall would be seen.
+	vc2, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(vc2)
+	if _, err := vc2.Exec(ctx, "BEGIN; INSERT INTO public.agents (name) VALUES ('iso-quota-holder')"); err != nil {
+		return err
+	}
+	if err := victimInsertProceeds(ctx, vc, "its own other session inserts"); !isOpen(err) {
+		return fmt.Errorf("positive control: the quota lock did not serialise the victim's own inserts: %v", err)
+	}
+	rollback(vc2)
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	defer rollback(ac)
+	var f findings
+	for _, q := range []string{
+		"INSERT INTO public.agents (name, tenant_id) VALUES ('iso-quota', '" + e.vic.id + "')",
+		"INSERT INTO public.agents (id, name) VALUES ('" + e.vic.privateIDs["agents"][0] + "', 'iso') ON CONFLICT (id) DO UPDATE SET deleted_at = NULL",
+		"UPDATE public.agents SET tenant_id = '" + e.vic.id + "' WHERE tenant_id = '" + e.atk.id + "'",
+	} {
+		// The failed statement leaves the transaction open (aborted), with
+		// whatever locks it took.
+		if _, err := ac.Exec(ctx, "BEGIN"); err != nil {
+			return err
+		}
+		if _, err := ac.Exec(ctx, q); err == nil {
+			f.add("%q was accepted", oneLine(q))
+		} else if sqlState(err) != "42501" {
+			return fmt.Errorf("%s: %w", q, err)
+		}
+		if err := f.addErr(victimInsertProceeds(ctx, vc, "the attacker's transaction that tried "+oneLine(q)+" is open")); err != nil {
+			return err
+		}
+		rollback(ac)
 	}
 	return f.result()
 }
