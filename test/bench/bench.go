@@ -201,7 +201,7 @@ func run(ctx context.Context, o options, stdout, stderr io.Writer) (*report, err
 
 	total := len(wls) * o.repeats * len(eps)
 	logf(stderr, "plan: %d workloads x %d rounds x %d endpoints = %d runs of %ds (about %s)", len(wls), o.repeats, len(eps), total,
-		seconds, (time.Duration(total*(seconds+1)) * time.Second).Round(time.Minute))
+		seconds, (time.Duration(total*(seconds+1)) * time.Second).Round(time.Second))
 	for _, w := range wls {
 		logf(stderr, "workload %s: pgbench %s -T %d", w.name, strings.Join(w.args, " "), seconds)
 		if w.writes {

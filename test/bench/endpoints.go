@@ -17,6 +17,7 @@ import (
 	"slices"
 	"strconv"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -211,7 +212,7 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 		<-done
 		return nil, fmt.Errorf("%s: no TCP address", name)
 	}
-	return &endpoint{name: name, kind: "vitalproxy", mode: mode, host: "127.0.0.1", port: ta.Port,
+	ep := &endpoint{name: name, kind: "vitalproxy", mode: mode, host: "127.0.0.1", port: ta.Port,
 		user: "bench", password: password, db: b.db, pool: pool, cpu: selfCPU, pid: os.Getpid(),
 		role: auth.RoleName(rolePrefix, tenant, auth.ReadWrite),
 		stop: func() {
@@ -220,7 +221,67 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 			case <-done:
 			case <-time.After(10 * time.Second):
 			}
-		}}, nil
+		}}
+	if mode == "transaction" {
+		if err := probeTxMode(ctx, ep); err != nil {
+			ep.stop()
+			return nil, &skipError{reason: fmt.Sprintf("%s: skipped: %s", name, oneLine(err))}
+		}
+	}
+	return ep, nil
+}
+
+// probeTxMode checks that a transaction-mode endpoint serves more clients
+// at once than it has server connections: it holds pool+1 client
+// connections open and runs a query on each. A proxy that ignores
+// pool.mode transaction (session mode with the pool's limit) leaves the
+// last client waiting.
+func probeTxMode(ctx context.Context, ep *endpoint) error {
+	n := ep.pool + 1
+	ctx, cancel := context.WithTimeout(ctx, 15*time.Second)
+	defer cancel()
+	conns := make([]*pgx.Conn, n)
+	errs := make([]error, n)
+	var wg sync.WaitGroup
+	for i := range n {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			cfg, err := endpointConfig(ep)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			cfg.ConnectTimeout = 5 * time.Second
+			c, err := pgx.ConnectConfig(ctx, cfg)
+			if err != nil {
+				errs[i] = err
+				return
+			}
+			conns[i] = c
+			var one int
+			errs[i] = c.QueryRow(ctx, "SELECT 1").Scan(&one)
+		}()
+	}
+	wg.Wait()
+	failed := 0
+	var first error
+	for i := range n {
+		if conns[i] != nil {
+			conns[i].Close(context.WithoutCancel(ctx))
+		}
+		if errs[i] != nil {
+			failed++
+			if first == nil {
+				first = errs[i]
+			}
+		}
+	}
+	if failed > 0 {
+		return fmt.Errorf("%d of %d clients could not connect and query with a pool of %d server connections (%v): pool.mode transaction is not in effect in this build",
+			failed, n, ep.pool, first)
+	}
+	return nil
 }
 
 // findPgBouncer returns the PgBouncer binary, or "".
@@ -433,16 +494,26 @@ func lastLine(s string) string {
 	return strings.TrimSpace(lines[len(lines)-1])
 }
 
-// checkLogin connects to ep as pgbench will and reads a pgbench table.
-func checkLogin(ctx context.Context, ep *endpoint) error {
+// endpointConfig returns a pgx configuration that logs in to ep as
+// pgbench does (plain TCP, the endpoint's user).
+func endpointConfig(ep *endpoint) (*pgx.ConnConfig, error) {
 	cfg, err := pgx.ParseConfig("")
 	if err != nil {
-		return err
+		return nil, err
 	}
 	cfg.Host, cfg.Port, cfg.User, cfg.Password, cfg.Database = ep.host, uint16(ep.port), ep.user, ep.password, ep.db
 	cfg.TLSConfig = nil
 	cfg.Fallbacks = nil
 	cfg.ConnectTimeout = 10 * time.Second
+	return cfg, nil
+}
+
+// checkLogin connects to ep as pgbench will and reads a pgbench table.
+func checkLogin(ctx context.Context, ep *endpoint) error {
+	cfg, err := endpointConfig(ep)
+	if err != nil {
+		return err
+	}
 	ctx, cancel := context.WithTimeout(ctx, 20*time.Second)
 	defer cancel()
 	conn, err := pgx.ConnectConfig(ctx, cfg)
