@@ -244,7 +244,10 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 	if resetQuery != "" {
 		buf, _ = (&pgproto3.Query{String: resetQuery}).Encode(buf)
 	}
-	buf, _ = (&pgproto3.Query{String: fmt.Sprintf("SELECT set_tenant_context('%s'), '%s'", tenantID, marker)}).Encode(buf)
+	// The marker reports whether the session still runs as its login role.
+	buf, _ = (&pgproto3.Query{String: fmt.Sprintf(
+		"SELECT public.set_tenant_context('%s'), '%s' || CASE WHEN current_user = session_user THEN ':ok' ELSE ':role-changed' END",
+		tenantID, marker)}).Encode(buf)
 
 	deadline := time.Now().Add(resetTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
@@ -268,6 +271,9 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 		switch {
 		case typ == 'D' && strings.Contains(string(body), marker):
 			seen = true
+			if !strings.Contains(string(body), marker+":ok") {
+				failure = errors.New("backend no longer runs as its login role")
+			}
 		case typ == 'E' && seen:
 			failure = errors.New("reset failed")
 		case typ == 'Z' && seen:

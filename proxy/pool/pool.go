@@ -252,17 +252,22 @@ func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
 	return &Backend{Conn: c, Key: key, created: now, lastUsed: now}, nil
 }
 
-// takeIdle pops the most recently used idle backend of k. Caller holds mu.
+// takeIdle pops the most recently used idle backend of k that is still
+// alive; dead ones (terminated, crashed) are discarded, never lent. Caller
+// holds mu.
 func (p *Pool) takeIdle(k *keyPool) *Backend {
-	n := len(k.idle)
-	if n == 0 {
-		return nil
+	for n := len(k.idle); n > 0; n = len(k.idle) {
+		b := k.idle[n-1]
+		k.idle = k.idle[:n-1]
+		if !b.Alive() {
+			p.discard(k, b, ReasonBroken)
+			continue
+		}
+		k.active++
+		b.Reused = true
+		return b
 	}
-	b := k.idle[n-1]
-	k.idle = k.idle[:n-1]
-	k.active++
-	b.Reused = true
-	return b
+	return nil
 }
 
 // reserveSlot counts a new backend for key if the budget allows, closing

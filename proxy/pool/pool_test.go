@@ -272,3 +272,29 @@ func TestMinIdleWarmsUsedPools(t *testing.T) {
 		t.Errorf("an unused pool was warmed: %+v", s)
 	}
 }
+
+func TestDeadIdleBackendIsNeverLent(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 2})
+	b := acquire(t, p, e.dh)
+	pid := b.PID
+	p.Release(b, true)
+	c := pgtest.Shared(t)
+	ctx := context.Background()
+	conn, err := pgx.Connect(ctx, c.URL(e.db.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer conn.Close(ctx)
+	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1, 10000)", int(pid)); err != nil {
+		t.Fatal(err)
+	}
+	b = acquire(t, p, e.dh)
+	defer p.Release(b, true)
+	if b.PID == pid {
+		t.Fatal("a terminated backend was lent again")
+	}
+	if s := stats(p, e.dh); s.Closed[pool.ReasonBroken] != 1 {
+		t.Errorf("stats %+v, want the dead backend closed as broken", s)
+	}
+}

@@ -190,9 +190,13 @@ func (c *Conn) startTLS(ctx context.Context, cfg *tls.Config) error {
 }
 
 func (d *Dialer) login(c *Conn, opts Options) error {
-	params := map[string]string{"user": opts.Role, "database": d.cfg.Database}
+	// role=none overrides any default a tenant gave its own role with
+	// ALTER ROLE ... SET role (startup settings beat role defaults, and
+	// DISCARD ALL returns to them): the session's current_user is its login
+	// role.
+	params := map[string]string{"user": opts.Role, "database": d.cfg.Database, "role": "none"}
 	for k, v := range opts.RuntimeParams {
-		if k != "user" && k != "database" {
+		if k != "user" && k != "database" && k != "role" {
 			params[k] = v
 		}
 	}
@@ -274,7 +278,7 @@ func awaitContext(r *reader) error {
 
 // contextQuery asserts the tenant: set_tenant_context raises 42501 unless
 // the tenant is the one the login role belongs to.
-const contextQuery = "SELECT set_tenant_context($1::uuid)"
+const contextQuery = "SELECT public.set_tenant_context($1::uuid)"
 
 func appendContextQuery(dst []byte, tenantID string) []byte {
 	if tenantID == "" {

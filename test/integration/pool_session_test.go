@@ -179,3 +179,42 @@ func TestTenantPolicy(t *testing.T) {
 	// Other tenants are not limited.
 	r.connect(t, "bob", "bob-pw")
 }
+
+// TestRoleDefaultsCannotStick: a tenant may give its own role defaults
+// (PostgreSQL lets any role do that to itself); new and reused backends of
+// that role still run as the login role and still assert the context.
+func TestRoleDefaultsCannotStick(t *testing.T) {
+	noLeaks(t)
+	f := getFixture(t)
+	r := startProxy(t, f.config(t))
+	ctx := testCtx(t)
+	admin := connectURL(t, f.c.URL(f.db))
+	role := "vt_it_digital_health_startup_rw"
+	t.Cleanup(func() { _, _ = admin.Exec(context.Background(), "ALTER ROLE "+role+" RESET ALL") })
+
+	c := r.connect(t, "alice", "alice-pw")
+	for _, q := range []string{
+		"ALTER ROLE CURRENT_USER SET role = 'vital_tenant'",
+		"ALTER ROLE CURRENT_USER SET search_path = pg_catalog",
+	} {
+		if _, err := c.Exec(ctx, q); err != nil {
+			t.Fatalf("%s: %v", q, err)
+		}
+	}
+	c.Close(ctx)
+	// Force a brand-new backend too: close the idle ones.
+	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = $1", role); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		c := r.connect(t, "alice", "alice-pw")
+		var cur, sess, tenant string
+		if err := c.QueryRow(ctx, "SELECT current_user, session_user, public.current_tenant_id()::text").Scan(&cur, &sess, &tenant); err != nil {
+			t.Fatalf("session %d: %v", i, err)
+		}
+		if cur != role || sess != role || tenant != f.tenants[dhSlug] {
+			t.Errorf("session %d: current_user %s session_user %s tenant %s", i, cur, sess, tenant)
+		}
+		c.Close(ctx)
+	}
+}
