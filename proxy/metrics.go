@@ -146,16 +146,18 @@ func registerRuntime(reg prometheus.Registerer) {
 // tenantMetrics are one tenant's collectors, looked up once per session so
 // the forwarding path touches no map.
 type tenantMetrics struct {
-	connections prometheus.Gauge
-	c2s, s2c    prometheus.Counter
+	connections  prometheus.Gauge
+	c2s, s2c     prometheus.Counter
+	transactions prometheus.Counter
 }
 
 func (m *Metrics) forTenant(slug string) tenantMetrics {
 	label := m.tenants.label(slug)
 	return tenantMetrics{
-		connections: m.clientConnections.WithLabelValues(label),
-		c2s:         m.bytes.WithLabelValues(label, dirClientToServer),
-		s2c:         m.bytes.WithLabelValues(label, dirServerToClient),
+		connections:  m.clientConnections.WithLabelValues(label),
+		c2s:          m.bytes.WithLabelValues(label, dirClientToServer),
+		s2c:          m.bytes.WithLabelValues(label, dirServerToClient),
+		transactions: m.transactions.WithLabelValues(label),
 	}
 }
 

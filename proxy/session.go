@@ -22,6 +22,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
 
 // sessionState is where a session is in its life. The allowed transitions
@@ -102,6 +103,9 @@ type session struct {
 	user     string
 	tenant   string
 	identity *auth.Identity // set once authenticated and admitted
+	// tx serves the client in transaction pooling mode (nil in session
+	// mode).
+	tx       *txmode.Client
 	key      cancelKey
 	hasKey   bool
 	counted  bool // counted in Server.clients
@@ -177,8 +181,13 @@ func (s *session) run(ctx context.Context) {
 	tm.connections.Inc()
 	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
 
-	reason, reusable := s.forward(tm)
-	s.recycle(reusable)
+	if s.tx != nil {
+		reason = s.forwardTransactions(ctx, tm)
+	} else {
+		var reusable bool
+		reason, reusable = s.forward(tm)
+		s.recycle(reusable)
+	}
 
 	tm.connections.Dec()
 	s.srv.cancels.remove(s.key)
@@ -469,6 +478,9 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	if err := s.must(stateInjecting); err != nil {
 		return reasonNone, err
+	}
+	if policy.mode == "transaction" {
+		return s.setupTransactionMode(ctx, id, params.runtime, wire)
 	}
 	// A new backend asserted the tenant context as it logged in; a reused
 	// one asserted it again when its previous client's session was reset.

@@ -1,0 +1,100 @@
+package proxy
+
+import (
+	"context"
+	"errors"
+	"time"
+
+	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/txmode"
+)
+
+// txCanceler cancels whatever backend serves the client's current
+// transaction, and nothing else.
+type txCanceler struct{ c *txmode.Client }
+
+func (t txCanceler) cancel(ctx context.Context) error { return t.c.Cancel(ctx) }
+
+// setupTransactionMode prepares a transaction-pooling session: no backend
+// is held; the client is told the parameters a backend of its role reports
+// (with its own settings applied), then the txmode engine lends it a
+// backend per transaction.
+func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, settings map[string]string, wire *clientWire) (endReason, error) {
+	rt := s.rt
+	m := s.srv.metrics
+	tm := m.forTenant(id.Tenant.Slug)
+	tx, err := txmode.NewClient(s.conn, txmode.Options{
+		Pool:           s.srv.pool,
+		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
+		StartupParams:  settings,
+		MaxMessageSize: rt.cfg.Limits.MaxMessageSize,
+		Logger:         s.logger,
+		Hooks: txmode.Hooks{
+			OnTransaction: func(time.Duration) { tm.transactions.Inc() },
+			OnPrepared: func(hit bool) {
+				if hit {
+					m.prepared.WithLabelValues("hit").Inc()
+				} else {
+					m.prepared.WithLabelValues("miss").Inc()
+				}
+			},
+			OnReset: func(ok bool) {
+				if ok {
+					m.resets.WithLabelValues("ok").Inc()
+				} else {
+					m.resets.WithLabelValues("failure").Inc()
+				}
+			},
+		},
+	})
+	if err != nil {
+		return reasonNone, newClientError(reasonParamRefused, codeProtocolViolation, err, "%s", err.Error())
+	}
+	params, err := tx.Params(ctx)
+	if err != nil {
+		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
+		if ce.reason == reasonContextFailed {
+			m.contextInjections.WithLabelValues("failure").Inc()
+		}
+		return reasonNone, ce
+	}
+	m.contextInjections.WithLabelValues("ok").Inc()
+	s.tx = tx
+	key, err := s.srv.cancels.register(txCanceler{tx})
+	if err != nil {
+		return reasonNone, err
+	}
+	s.key, s.hasKey = key, true
+	if err := wire.Send(handover(params, key)...); err != nil {
+		return reasonNone, err
+	}
+	if err := s.must(stateForwarding); err != nil {
+		return reasonNone, err
+	}
+	return reasonNone, nil
+}
+
+// forwardTransactions runs the transaction-mode engine until the client
+// leaves.
+func (s *session) forwardTransactions(ctx context.Context, tm tenantMetrics) endReason {
+	err := s.tx.Run(ctx)
+	_ = s.transition(stateDraining)
+	s.c2s, s.s2c = s.tx.BytesFromClient(), s.tx.BytesToClient()
+	tm.c2s.Add(float64(s.c2s))
+	tm.s2c.Add(float64(s.s2c))
+	_ = s.conn.Close()
+	switch {
+	case s.forced.Load():
+		return reasonShutdown
+	case err == nil:
+		return reasonClientClosed
+	case errors.Is(err, txmode.ErrProtocol):
+		return reasonProtocolError
+	case errors.Is(err, pool.ErrQueueTimeout):
+		return reasonPoolTimeout
+	default:
+		s.logger.Debug("transaction-mode session ended", "error", err)
+		return reasonServerClosed
+	}
+}
