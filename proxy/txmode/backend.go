@@ -49,26 +49,6 @@ type serverState struct {
 	idleSince time.Time
 	// deadline: a read deadline was set to bound a cleanup.
 	deadline bool
-	// syncUntil is the read deadline armed for waits on the client
-	// goroutine (zero: none).
-	syncUntil time.Time
-}
-
-// armSync makes sure a read deadline at least syncWait/2 away is armed.
-func (st *serverState) armSync() {
-	now := time.Now()
-	if st.syncUntil.Sub(now) < syncWait/2 {
-		st.syncUntil = now.Add(syncWait)
-		_ = st.conn.SetReadDeadline(st.syncUntil)
-	}
-}
-
-// disarm clears the sync-wait read deadline, if armed.
-func (st *serverState) disarm() {
-	if !st.syncUntil.IsZero() {
-		st.syncUntil = time.Time{}
-		_ = st.conn.SetReadDeadline(time.Time{})
-	}
 }
 
 // stateOf returns the engine's state of b, creating it on first use.
@@ -97,9 +77,10 @@ func (st *serverState) tick() uint64 {
 	return st.clock
 }
 
-// usable reports whether a backend just taken from the pool is clean: no
-// bytes left over but notices, notifications and parameter statuses (which
-// it consumes), and, after a while idle, no pending end-of-file.
+// usable reports whether a backend is clean: no bytes left over but
+// notices, notifications and parameter statuses (which it consumes), and,
+// when now is set and the backend has been idle a while, no pending
+// end-of-file.
 func (st *serverState) usable(now time.Time) bool {
 	in := &st.in
 	for in.buffered() > 0 {
@@ -120,8 +101,7 @@ func (st *serverState) usable(now time.Time) bool {
 		}
 		in.r += 5 + n
 	}
-	if now.Sub(st.idleSince) >= idleCheckAfter {
-		st.disarm() // a passed deadline fails the peek
+	if !now.IsZero() && now.Sub(st.idleSince) >= idleCheckAfter {
 		return peekAlive(st.conn)
 	}
 	return true
@@ -149,7 +129,6 @@ var errBroken = errors.New("server connection is not usable")
 // transaction status and the first error the server reported. An I/O
 // failure, a FATAL error or a timeout is returned as err.
 func (st *serverState) exec(msgs []byte, wantZ int, timeout time.Duration) (status byte, pgErr *pgconn.PgError, err error) {
-	st.syncUntil = time.Time{}
 	if err := st.conn.SetDeadline(time.Now().Add(timeout)); err != nil {
 		return 0, nil, err
 	}

@@ -30,9 +30,10 @@ var errTerminate = errors.New("client sent Terminate")
 // skips before it gives up.
 const maxAcquireAttempts = 4
 
-// setTenantContextSQL re-asserts the tenant context after a reset. The
-// tenant id is a bind parameter.
-const setTenantContextSQL = "SELECT set_tenant_context($1::uuid)"
+// setTenantContextSQL re-asserts the tenant context after a reset (the
+// tenant id is a bind parameter) and fails, dividing by zero, unless the
+// session runs as its login role again.
+const setTenantContextSQL = "SELECT public.set_tenant_context($1::uuid), 1 / (current_user = session_user)::int"
 
 // aLongTimeAgo is a deadline that has passed.
 var aLongTimeAgo = time.Unix(1, 0)
@@ -73,7 +74,8 @@ type Client struct {
 
 	attachCh   chan *pool.Backend
 	sDone      chan struct{}
-	discardOut atomic.Bool // the client is gone: drop what the server sends
+	discardOut atomic.Bool   // the client is gone: drop what the server sends
+	waitSince  atomic.Uint64 // watchdog tick when the client goroutine began waiting for the server; 0: not waiting
 	c2s, s2c   atomic.Int64
 	ran        atomic.Bool
 
@@ -98,7 +100,9 @@ type Client struct {
 	unnamedHere bool      // the backend has the client's unnamed statement
 	dirtyAttach bool      // settings changed since the backend was attached
 	attachedAt  time.Time
-	endErr      error // why the server goroutine ended the session
+	endErr      error        // why the server goroutine ended the session
+	waitSt      *serverState // backend the client goroutine waits on
+	interrupted bool         // the watchdog set a past read deadline on waitSt
 }
 
 // NewClient prepares to serve conn, a client that has been authenticated
@@ -194,9 +198,11 @@ func (c *Client) Run(ctx context.Context) error {
 		return errors.New("txmode: Run called twice")
 	}
 	stop := context.AfterFunc(ctx, func() { _ = c.conn.SetReadDeadline(aLongTimeAgo) })
+	dog.add(c)
 	c.mu.Lock()
 	err := c.loop(ctx)
 	c.finish(err) // unlocks
+	dog.remove(c)
 	stop()
 	_ = c.conn.SetDeadline(time.Time{})
 
@@ -245,9 +251,8 @@ func (e *clientIOError) Unwrap() error { return e.err }
 // sendFatal tells the client why the session ends, best effort.
 func (c *Client) sendFatal(code, msg string) {
 	_ = c.conn.SetWriteDeadline(time.Now().Add(2 * time.Second))
-	if _, err := c.conn.Write(appendError(nil, 'E', severityFatal, code, msg)); err == nil {
-		c.s2c.Add(1)
-	}
+	n, _ := c.conn.Write(appendError(nil, 'E', severityFatal, code, msg))
+	c.s2c.Add(int64(n))
 }
 
 // finish cleans the backend, if any, and stops the server goroutine. Caller
@@ -263,7 +268,6 @@ func (c *Client) finish(cause error) {
 		c.log.Debug("client left with a backend attached", "pid", b.PID, "cause", cause)
 		if c.midStream {
 			// Half a message went out: the backend cannot be cleaned.
-			st.syncUntil = time.Time{}
 			st.deadline = true
 			_ = st.conn.SetDeadline(aLongTimeAgo)
 		} else {
@@ -275,7 +279,6 @@ func (c *Client) finish(cause error) {
 			st.wbuf = appendSync(st.wbuf)
 			c.expectZ(true)
 			c.partial = false
-			st.syncUntil = time.Time{}
 			_ = st.conn.SetReadDeadline(time.Now().Add(c.opts.CleanupTimeout))
 			st.deadline = true
 		}
@@ -358,17 +361,7 @@ func (c *Client) bigWrite() {
 // then reads more from the client, to have at least need bytes buffered
 // eventually. Caller holds c.mu; it is released while blocked.
 func (c *Client) readClient(need int) error {
-	c.flushServer()
-	if c.b != nil && !c.async && !c.midStream {
-		switch {
-		case c.partial:
-			// The server may answer (Flush, or output filling its
-			// buffer) before the client sends the Sync.
-			c.goAsync()
-		case c.pending > 0:
-			c.serverLoop(c.b, c.st, false)
-		}
-	}
+	c.beforeClientRead()
 	c.mu.Unlock()
 	err := c.in.fill(need)
 	c.mu.Lock()
@@ -376,6 +369,24 @@ func (c *Client) readClient(need int) error {
 		return &clientIOError{err}
 	}
 	return nil
+}
+
+// beforeClientRead is done before the client goroutine blocks on the
+// client: what is on its way to the server is written, then, if the server
+// owes answers to a complete request, they are read and forwarded here (no
+// second goroutine is involved); if the client may be waiting for answers
+// to an unfinished one (Flush), the server goroutine reads them meanwhile.
+// Caller holds c.mu.
+func (c *Client) beforeClientRead() {
+	c.flushServer()
+	if c.b != nil && !c.async && !c.midStream {
+		switch {
+		case c.partial:
+			c.goAsync()
+		case c.pending > 0:
+			c.serverLoop(c.b, c.st, false)
+		}
+	}
 }
 
 // readWhole returns the whole current message (header included), which is
@@ -399,7 +410,7 @@ func (c *Client) readWhole(n int) ([]byte, error) {
 	got := copy(msg, c.in.buf[c.in.r:c.in.w])
 	c.in.r += got
 	if got < len(msg) {
-		c.flushServer()
+		c.beforeClientRead()
 		c.mu.Unlock()
 		_, err := io.ReadFull(c.conn, msg[got:])
 		c.mu.Lock()

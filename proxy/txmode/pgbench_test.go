@@ -2,7 +2,6 @@ package txmode_test
 
 import (
 	"context"
-	"fmt"
 	"os"
 	"os/exec"
 	"path/filepath"
@@ -90,5 +89,4 @@ func TestPgbench(t *testing.T) {
 	if n := e.pool.Total(); n > 3 {
 		t.Errorf("%d server connections, want at most 3", n)
 	}
-	fmt.Fprint(os.Stderr)
 }

@@ -12,6 +12,7 @@ import (
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
@@ -353,6 +354,43 @@ func TestProtocol(t *testing.T) {
 		}
 		wg.Wait()
 	})
+	t.Run("raw/function call", func(t *testing.T) {
+		var oid uint32
+		if err := e.super(t).QueryRow(ctx, "SELECT 'pg_catalog.int4abs'::regproc::oid").Scan(&oid); err != nil {
+			t.Fatal(err)
+		}
+		rc := dialRaw(t, e, dh)
+		for range 3 {
+			rc.send(t, &pgproto3.FunctionCall{Function: oid, ArgFormatCodes: []uint16{0}, Arguments: [][]byte{[]byte("-5")}})
+			if got := rc.collect(t); got != "V(5) Z" {
+				t.Fatalf("function call: %s", got)
+			}
+		}
+	})
+
+	t.Run("raw/query after unsynced extended messages", func(t *testing.T) {
+		rc := dialRaw(t, e, dh)
+		rc.fe.Send(&pgproto3.Parse{Query: "SELECT 1"})
+		rc.fe.Send(&pgproto3.Bind{})
+		rc.fe.Send(&pgproto3.Execute{})
+		rc.send(t, &pgproto3.Query{String: "SELECT 2"})
+		if got := rc.collect(t); got != "1 2 D(1) C T D(2) C Z" {
+			t.Fatalf("got %s", got)
+		}
+		rc.send(t, &pgproto3.Query{String: "SELECT 3"})
+		if got := rc.collect(t); got != "T D(3) C Z" {
+			t.Fatalf("then: %s", got)
+		}
+	})
+
+	t.Run("raw/sync alone", func(t *testing.T) {
+		rc := dialRaw(t, e, dh)
+		rc.send(t, &pgproto3.Sync{})
+		if got := rc.collect(t); got != "Z" {
+			t.Fatalf("got %s", got)
+		}
+	})
+
 	if errs := e.fe.runErrors(); len(errs) > 0 {
 		t.Errorf("sessions ended with errors: %v", errs)
 	}

@@ -19,10 +19,6 @@ var rollbackMsg = appendQuery(nil, "ROLLBACK")
 var listenNotice = appendError(nil, 'N', severityWarning, codeWarning,
 	"LISTEN has no lasting effect in transaction pooling mode: the server connection is reset when the transaction ends; use a session-mode user for LISTEN/NOTIFY")
 
-// syncWait is how long the client goroutine waits for the server's answer
-// before handing the wait to the server goroutine.
-const syncWait = 50 * time.Millisecond
-
 // Outcomes of serverLoop.
 const (
 	loopContinue = iota
@@ -62,24 +58,21 @@ func (c *Client) goAsync() {
 // Caller holds c.mu; it is released during I/O.
 func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 	in := &st.in
-	// On the client goroutine, a read deadline bounds each wait for the
-	// server; past it the server goroutine waits instead, so that the
-	// client is read again (it may leave, or pipeline more). Setting a
-	// deadline costs a timer update, so one is kept armed and renewed
-	// only when less than half of it is left.
+	// On the client goroutine, a wait for the server that lasts is
+	// interrupted by the watchdog; the server goroutine then waits instead,
+	// so that the client is read again (it may leave, or pipeline more).
 	inline := !async && !c.gone
-	if inline {
-		st.armSync()
-	} else if !c.gone {
-		st.disarm()
-	}
 	for {
 		if in.buffered() < 5 {
-			err := c.readServer(st, 5, inline)
-			if inline && err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
-				st.disarm()
-				c.goAsync()
-				return loopAsync
+			var err error
+			if inline {
+				err = c.waitServer(st)
+				if errors.Is(err, errInterrupted) {
+					c.goAsync()
+					return loopAsync
+				}
+			} else {
+				err = c.readServer(st, 5)
 			}
 			if err != nil {
 				c.serverLost(b, st, err)
@@ -101,7 +94,7 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 			continue
 		}
 		for in.buffered() < 5+n {
-			if err := c.readServer(st, 5+n, false); err != nil {
+			if err := c.readServer(st, 5+n); err != nil {
 				c.serverLost(b, st, err)
 				return loopLost
 			}
@@ -174,21 +167,39 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 }
 
 // readServer flushes what is on its way to the client, then reads more
-// from the server. atBoundary tells whether the engine is between messages
-// and waits on the client goroutine: the sync-wait deadline then ends the
-// read; elsewhere it is cleared and the read goes on. Caller holds c.mu;
-// it is released during I/O.
-func (c *Client) readServer(st *serverState, need int, atBoundary bool) error {
+// from the server. Caller holds c.mu; it is released during I/O.
+func (c *Client) readServer(st *serverState, need int) error {
 	c.flushClient(st)
-	for {
-		c.mu.Unlock()
-		err := st.in.fill(need)
-		c.mu.Lock()
-		if err == nil || atBoundary || st.deadline || st.syncUntil.IsZero() || !errors.Is(err, os.ErrDeadlineExceeded) {
-			return err
+	c.mu.Unlock()
+	err := st.in.fill(need)
+	c.mu.Lock()
+	return err
+}
+
+// errInterrupted: the watchdog ended a wait for the server.
+var errInterrupted = errors.New("wait for the server handed over")
+
+// waitServer is readServer for the client goroutine between messages: the
+// watchdog may interrupt a long wait (errInterrupted). Caller holds c.mu.
+func (c *Client) waitServer(st *serverState) error {
+	c.flushClient(st)
+	c.waitSt = st
+	c.waitSince.Store(dog.tick.Load())
+	c.mu.Unlock()
+	err := st.in.fill(5)
+	c.mu.Lock()
+	c.waitSince.Store(0)
+	c.waitSt = nil
+	if c.interrupted {
+		c.interrupted = false
+		if derr := st.conn.SetReadDeadline(time.Time{}); derr != nil && err == nil {
+			err = derr
 		}
-		st.disarm() // mid-message: the rest is on its way
+		if err != nil && errors.Is(err, os.ErrDeadlineExceeded) {
+			return errInterrupted
+		}
 	}
+	return err
 }
 
 // toClient queues a server message for the client. Caller holds c.mu.
@@ -234,7 +245,7 @@ func (c *Client) streamToClient(st *serverState, n int) error {
 	in.r += 5
 	for left := n; left > 0; {
 		if in.buffered() == 0 {
-			if err := c.readServer(st, 1, false); err != nil {
+			if err := c.readServer(st, 1); err != nil {
 				return err
 			}
 		}
@@ -315,10 +326,11 @@ func (c *Client) ready(b *pool.Backend, st *serverState, msg []byte, async bool)
 // release returns a backend after its transaction, resetting its session
 // state first when a client changed it.
 func (c *Client) release(b *pool.Backend, st *serverState, held time.Duration) {
-	ok := true
-	if st.deadline {
+	// Nothing may stay in the read buffer: the next borrower may read the
+	// connection without it (session mode does).
+	ok := st.usable(time.Time{})
+	if ok && st.deadline {
 		st.deadline = false
-		st.syncUntil = time.Time{}
 		ok = st.conn.SetReadDeadline(time.Time{}) == nil
 	}
 	if ok && (st.dirty || st.discard) {

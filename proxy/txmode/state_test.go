@@ -161,6 +161,9 @@ func TestSessionState(t *testing.T) {
 	})
 
 	t.Run("state/session advisory lock", func(t *testing.T) {
+		// The migrations revoke the advisory-lock functions from tenants;
+		// this checks the engine's own cleanup where they are allowed.
+		mustExec(t, e.super(t), "GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_lock(bigint) TO vital_tenant")
 		a := e.connect(t, dh, pgx.QueryExecModeCacheStatement)
 		mustExec(t, a, "SELECT pg_advisory_lock(4242)")
 		whoami(t, ctx, e.connect(t, dh, pgx.QueryExecModeCacheStatement), e, dh) // a release in between
