@@ -667,7 +667,8 @@ func (c *Client) attach(ctx context.Context) error {
 	c.flushServer() // leftovers for a backend that died
 	want := c.want
 	c.mu.Unlock()
-	b, st, err := c.acquire(ctx, want)
+	start := time.Now()
+	b, st, err := c.acquire(ctx, want, start)
 	c.mu.Lock()
 	if err != nil {
 		return err
@@ -676,7 +677,7 @@ func (c *Client) attach(ctx context.Context) error {
 	c.pending, c.partial, c.txStatus = 0, false, 'I'
 	c.q.reset()
 	c.unnamedHere, c.dirtyAttach = false, false
-	c.attachedAt = time.Now()
+	c.attachedAt = start
 	return nil
 }
 
@@ -686,11 +687,13 @@ type queueTimeoutError struct{ waited time.Duration }
 func (e *queueTimeoutError) Error() string { return pool.ErrQueueTimeout.Error() }
 func (e *queueTimeoutError) Unwrap() error { return pool.ErrQueueTimeout }
 
-// acquire borrows a usable backend with want applied.
-func (c *Client) acquire(ctx context.Context, want *settings) (*pool.Backend, *serverState, error) {
+// acquire borrows a usable backend with want applied; start is about now.
+func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (*pool.Backend, *serverState, error) {
 	var lastErr error
-	for range maxAcquireAttempts {
-		start := time.Now()
+	for i := range maxAcquireAttempts {
+		if i > 0 {
+			start = time.Now()
+		}
 		b, err := c.opts.Pool.Acquire(ctx, c.opts.Key)
 		if err != nil {
 			if errors.Is(err, pool.ErrQueueTimeout) {

@@ -58,7 +58,8 @@ type Options struct {
 // block and must be safe for concurrent use.
 type Hooks struct {
 	// OnTransaction is called when a backend is returned to the pool after
-	// serving the client, with how long the client held it.
+	// serving the client, with how long the client had it (from asking the
+	// pool, so a wait in its queue is included).
 	OnTransaction func(held time.Duration)
 	// OnPrepared is called when a client uses one of its named prepared
 	// statements: hit means the backend had it, otherwise the engine

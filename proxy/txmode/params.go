@@ -96,7 +96,7 @@ func (c *Client) Params(ctx context.Context) (map[string]string, error) {
 	if params, ok := pc.lookup(want); ok {
 		return params, nil
 	}
-	b, st, err := c.acquire(ctx, want)
+	b, st, err := c.acquire(ctx, want, time.Now())
 	if err != nil {
 		return nil, err
 	}

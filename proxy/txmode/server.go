@@ -316,16 +316,17 @@ func (c *Client) ready(b *pool.Backend, st *serverState, msg []byte, async bool)
 	}
 	c.b, c.st = nil, nil
 	c.q.reset()
-	held := time.Since(c.attachedAt)
+	attachedAt := c.attachedAt
 	c.mu.Unlock()
-	c.release(b, st, held)
+	c.release(b, st, attachedAt)
 	c.mu.Lock()
 	return loopReleased, nil
 }
 
 // release returns a backend after its transaction, resetting its session
-// state first when a client changed it.
-func (c *Client) release(b *pool.Backend, st *serverState, held time.Duration) {
+// state first when a client changed it. attachedAt is when the client
+// asked for it.
+func (c *Client) release(b *pool.Backend, st *serverState, attachedAt time.Time) {
 	// Nothing may stay in the read buffer: the next borrower may read the
 	// connection without it (session mode does).
 	ok := st.usable(time.Time{})
@@ -338,7 +339,7 @@ func (c *Client) release(b *pool.Backend, st *serverState, held time.Duration) {
 	}
 	st.idleSince = time.Now()
 	if c.opts.Hooks.OnTransaction != nil {
-		c.opts.Hooks.OnTransaction(held)
+		c.opts.Hooks.OnTransaction(st.idleSince.Sub(attachedAt))
 	}
 	c.opts.Pool.Release(b, ok)
 }

@@ -208,3 +208,48 @@ func TestSessionState(t *testing.T) {
 		t.Errorf("sessions ended with errors: %v", errs)
 	}
 }
+
+// TestReclaim checks that a backend transaction-mode clients used comes
+// back clean for another borrower.
+func TestReclaim(t *testing.T) {
+	checkLeaks(t)
+	e := newEnv(t, pool.Config{MaxConns: 1}, nil)
+	ctx := context.Background()
+	c := e.connect(t, dh, pgx.QueryExecModeCacheStatement, "application_name", "tx-client", "search_path", "pg_catalog, public")
+	whoami(t, ctx, c, e, dh)
+	c.Close(ctx)
+
+	b, err := e.pool.Acquire(ctx, e.key(dh))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if b.Data == nil {
+		t.Fatal("the engine left no state on the backend")
+	}
+	if err := txmode.Reclaim(ctx, b); err != nil {
+		e.pool.Release(b, false)
+		t.Fatal(err)
+	}
+	if b.Data != nil {
+		t.Error("Reclaim kept the engine's state")
+	}
+	// Use the backend as a session-mode borrower would, with pgconn.
+	cfg, err := pgconn.ParseConfig(e.c.URL(e.db.Name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	pc, err := pgconn.Construct(&pgconn.HijackedConn{Conn: b.Conn.Conn, PID: b.PID, SecretKey: b.SecretKey,
+		ParameterStatuses: map[string]string{}, TxStatus: 'I', Config: cfg})
+	if err != nil {
+		t.Fatal(err)
+	}
+	res, err := pc.Exec(ctx, `SELECT current_setting('application_name') || '|' || current_setting('search_path') || '|' ||
+		(SELECT count(*) FROM pg_prepared_statements) || '|' || current_setting('vital.tenant_id', true)`).ReadAll()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got, want := string(res[0].Rows[0][0]), `|"$user", public|0|`+e.db.TenantIDs[dh]; got != want {
+		t.Errorf("after Reclaim: %q, want %q", got, want)
+	}
+	e.pool.Release(b, true)
+}
