@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"net"
+	"os"
 	"runtime"
 	"sync"
 	"sync/atomic"
@@ -386,6 +387,11 @@ func dupFd(c net.Conn) (int, error) {
 // forwardLoop forwards the session through an event loop. It reports
 // ok=false when the sockets cannot be handed over (then nothing was
 // forwarded and the caller uses the goroutine copy).
+//
+// The loop works on duplicates of the two sockets, and the Go connections
+// are closed: that takes the sockets out of the runtime's own poller, which
+// would otherwise be woken for every packet the loop handles. A backend that
+// may be reused gets a new Go connection afterwards (see ended).
 func (s *session) forwardLoop(g *evGroup) (fwdResult, bool) {
 	client, server := s.conn, s.backend.Conn.Conn
 	cfd, err := dupFd(client)
@@ -397,26 +403,75 @@ func (s *session) forwardLoop(g *evGroup) (fwdResult, bool) {
 		unix.Close(cfd)
 		return fwdResult{}, false
 	}
+	_ = client.Close()
+	_ = server.Close()
 	j := &fwdJob{clientFd: cfd, serverFd: sfd, maxLen: s.rt.cfg.Limits.MaxMessageSize, done: make(chan fwdResult, 1)}
 	s.mu.Lock()
 	s.loopServerFd = sfd
+	s.loopClientFd = cfd
 	s.mu.Unlock()
 	if s.forced.Load() {
 		_ = unix.Shutdown(sfd, unix.SHUT_RDWR)
 	}
 	g.pick().add(j)
-	res := <-j.done
+	return <-j.done, true
+}
+
+// ended turns an event loop's result into the session's end reason and
+// whether the backend may be reused, telling the client when needed, and
+// releases the loop's descriptors: the client's is closed, the backend's
+// becomes the backend's Go connection again when it may be reused.
+func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
+	_ = s.transition(stateDraining)
+	s.c2s, s.s2c = res.c2s, res.s2c
+	tm.c2s.Add(float64(s.c2s))
+	tm.s2c.Add(float64(s.s2c))
 	s.mu.Lock()
-	s.loopServerFd = -1
-	unix.Close(cfd)
-	unix.Close(sfd)
+	cfd, sfd := s.loopClientFd, s.loopServerFd
+	s.loopClientFd, s.loopServerFd = -1, -1
 	s.mu.Unlock()
-	return res, true
+	tell := func(code, message string) {
+		if b, err := fatal(code, message, "").Encode(nil); err == nil {
+			_, _ = unix.Write(cfd, b)
+		}
+	}
+	var reason endReason
+	reusable := false
+	switch {
+	case s.forced.Load():
+		reason = reasonShutdown
+		tell(codeAdminShutdown, "terminating connection because the proxy is shutting down")
+	case !res.clientEnded:
+		reason = reasonServerClosed
+		tell(codeConnectionFailure, "server connection lost")
+	case errors.Is(res.err, errMessageTooLarge):
+		reason = reasonProtocolError
+		tell(codeProtocolViolation, "message too large")
+	case errors.Is(res.err, errProtocol):
+		reason = reasonProtocolError
+		tell(codeProtocolViolation, "invalid message length")
+	default:
+		reason = reasonClientClosed
+		reusable = true
+	}
+	unix.Close(cfd)
+	if reusable {
+		f := os.NewFile(uintptr(sfd), "backend")
+		nc, err := net.FileConn(f)
+		f.Close()
+		if err != nil {
+			return reason, false
+		}
+		s.backend.Conn.Conn = nc
+		return reason, true
+	}
+	unix.Close(sfd)
+	return reason, false
 }
 
 // killLoopForward makes a session forwarded by a loop end: the backend
-// socket is shut down (closing the Go connection would not, the loop holds
-// a duplicate descriptor). Caller holds s.mu.
+// socket is shut down (the loop holds the only descriptor). Caller holds
+// s.mu.
 func (s *session) killLoopForward() bool {
 	if s.loopServerFd < 0 {
 		return false

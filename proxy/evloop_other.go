@@ -20,3 +20,5 @@ func (g *evGroup) close() {}
 func (s *session) forwardLoop(*evGroup) (fwdResult, bool) { return fwdResult{}, false }
 
 func (s *session) killLoopForward() bool { return false }
+
+func (s *session) ended(tenantMetrics, fwdResult) (endReason, bool) { return reasonInternal, false }

@@ -182,33 +182,3 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	tm.s2c.Add(float64(s.s2c))
 	return reason, reusable
 }
-
-// ended turns an event loop's result into the session's end reason and
-// whether the backend may be reused, telling the client when needed.
-func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
-	_ = s.transition(stateDraining)
-	s.c2s, s.s2c = res.c2s, res.s2c
-	tm.c2s.Add(float64(s.c2s))
-	tm.s2c.Add(float64(s.s2c))
-	var reason endReason
-	reusable := false
-	switch {
-	case s.forced.Load():
-		reason = reasonShutdown
-		s.sendFatal(fatal(codeAdminShutdown, "terminating connection because the proxy is shutting down", ""))
-	case !res.clientEnded:
-		reason = reasonServerClosed
-		s.sendFatal(fatal(codeConnectionFailure, "server connection lost", ""))
-	case errors.Is(res.err, errMessageTooLarge):
-		reason = reasonProtocolError
-		s.sendFatal(fatal(codeProtocolViolation, "message too large", ""))
-	case errors.Is(res.err, errProtocol):
-		reason = reasonProtocolError
-		s.sendFatal(fatal(codeProtocolViolation, "invalid message length", ""))
-	default:
-		reason = reasonClientClosed
-		reusable = true
-	}
-	_ = s.conn.Close()
-	return reason, reusable
-}

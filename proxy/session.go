@@ -97,8 +97,9 @@ type session struct {
 	backend *pool.Backend
 	// tenantID is asserted again when the backend is reset for reuse.
 	tenantID string
-	// loopServerFd is the backend descriptor an event loop forwards, or -1.
-	loopServerFd int
+	// loopServerFd and loopClientFd are the descriptors an event loop
+	// forwards, or -1.
+	loopServerFd, loopClientFd int
 
 	user     string
 	tenant   string
@@ -125,6 +126,7 @@ func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
 		raw:    conn,
 
 		loopServerFd: -1,
+		loopClientFd: -1,
 	}
 	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
 	return s

@@ -268,7 +268,13 @@ func TestTLSBothSides(t *testing.T) {
 	}
 	var upstreamTLS bool
 	var tenant string
-	if err := conn.QueryRow(ctx, "SELECT ssl, current_setting('vital.tenant_id', true) FROM pg_stat_ssl WHERE pid = pg_backend_pid()").Scan(&upstreamTLS, &tenant); err != nil {
+	var pid int
+	if err := conn.QueryRow(ctx, "SELECT pg_backend_pid(), current_setting('vital.tenant_id', true)").Scan(&pid, &tenant); err != nil {
+		t.Fatal(err)
+	}
+	// Statistics views are not readable by tenant roles: ask as the superuser.
+	admin := connectURL(t, c.URL(db))
+	if err := admin.QueryRow(ctx, "SELECT ssl FROM pg_stat_ssl WHERE pid = $1", pid).Scan(&upstreamTLS); err != nil {
 		t.Fatal(err)
 	}
 	if !upstreamTLS || tenant != tf.tenants[dhSlug] {
