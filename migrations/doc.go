@@ -2,13 +2,16 @@
 //
 // The SQL files under sql/ are embedded in the binary. They keep the seed
 // document's names and order, preceded by a baseline that creates what the
-// seed assumes already exists:
+// seed assumes already exists and followed by a migration that closes the
+// paths PostgreSQL shares across a database (statistics and lock views,
+// advisory locks, large objects, a shared audit sequence):
 //
 //	20251026000000_baseline.sql
 //	20251026000001_create_tenants_table.sql
 //	20251026000002_add_tenant_columns_to_resources.sql
 //	20251026000003_update_rls_policies.sql
 //	20251026000004_seed_mvp_tenants.sql
+//	20251026000005_harden_shared_paths.sql
 //
 // A Migrator applies and rolls them back with goose's Provider API. Each
 // migration runs in one transaction; runs are serialised by a session-level

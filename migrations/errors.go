@@ -45,18 +45,21 @@ func (e *ConnectError) Unwrap() error { return e.err }
 type MigrationError struct {
 	// Name is the migration file.
 	Name string
-	// Direction is "up" or "down".
+	// Direction is "up", "down" or "reapply".
 	Direction string
 	Err       error
 }
 
 func (e *MigrationError) Error() string {
-	verb := "migration"
-	if e.Direction == "down" {
-		verb = "rollback of"
+	switch e.Direction {
+	case "down":
+		return fmt.Sprintf("rollback of %s failed and was undone (earlier steps stay done; run again once fixed): %s",
+			e.Name, oneLine(e.Err))
+	case "reapply":
+		return fmt.Sprintf("reapplying %s failed and was undone (the database is as before): %s", e.Name, oneLine(e.Err))
 	}
-	return fmt.Sprintf("%s %s failed and was undone (earlier steps stay done; run again once fixed): %s",
-		verb, e.Name, oneLine(e.Err))
+	return fmt.Sprintf("migration %s failed and was undone (earlier steps stay done; run again once fixed): %s",
+		e.Name, oneLine(e.Err))
 }
 
 // Unwrap returns the underlying error.

@@ -3,9 +3,11 @@ package migrations
 import (
 	"context"
 	"database/sql"
+	"errors"
 	"fmt"
 	"log/slog"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/pressly/goose/v3/lock"
 )
 
@@ -30,6 +32,11 @@ var _ lock.SessionLocker = (*sessionLocker)(nil)
 func (l *sessionLocker) SessionLock(ctx context.Context, conn *sql.Conn) error {
 	var ok bool
 	if err := conn.QueryRowContext(ctx, `SELECT pg_catalog.pg_try_advisory_lock($1)`, l.key).Scan(&ok); err != nil {
+		if isInsufficientPrivilege(err) {
+			// Migration 20251026000005 keeps advisory locks to superusers
+			// and vital_owner.
+			return fmt.Errorf("take the migration lock: %s: the migrating role must be a superuser or a member of vital_owner (GRANT vital_owner TO <role>, as a superuser)", oneLine(err))
+		}
 		return fmt.Errorf("take the migration lock: %w", err)
 	}
 	if ok {
@@ -53,4 +60,10 @@ func (l *sessionLocker) SessionUnlock(ctx context.Context, conn *sql.Conn) error
 		return fmt.Errorf("release the migration lock: it was not held")
 	}
 	return nil
+}
+
+// isInsufficientPrivilege reports a server's "permission denied" (42501).
+func isInsufficientPrivilege(err error) bool {
+	var pgErr *pgconn.PgError
+	return errors.As(err, &pgErr) && pgErr.Code == "42501"
 }

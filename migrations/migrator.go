@@ -12,6 +12,7 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/stdlib"
 	"github.com/pressly/goose/v3"
 )
@@ -58,7 +59,7 @@ type Result struct {
 	Version int64
 	// Name is the file name.
 	Name string
-	// Direction is "up" or "down".
+	// Direction is "up", "down" or "reapply" (Reapply).
 	Direction string
 	// Duration is how long the migration's transaction took.
 	Duration time.Duration
@@ -68,8 +69,11 @@ type Result struct {
 // "applied 20251026000001_create_tenants_table.sql (43ms)".
 func (r Result) String() string {
 	verb := "applied"
-	if r.Direction == "down" {
+	switch r.Direction {
+	case "down":
 		verb = "rolled back"
+	case "reapply":
+		verb = "reapplied"
 	}
 	return fmt.Sprintf("%s %s (%s)", verb, r.Name, formatDuration(r.Duration))
 }
@@ -99,6 +103,14 @@ func New(databaseURL string, opts ...Option) (*Migrator, error) {
 	cfg, err := parseURL(databaseURL)
 	if err != nil {
 		return nil, err
+	}
+	// A migration raises WARNING for what it could not do (e.g. revokes that
+	// need a superuser); NOTICEs ("already exists, skipping") are noise.
+	logger := o.logger
+	cfg.OnNotice = func(_ *pgconn.PgConn, n *pgconn.Notice) {
+		if n.SeverityUnlocalized == "WARNING" || n.Severity == "WARNING" {
+			logger.Warn("database warning: " + n.Message)
+		}
 	}
 	db := stdlib.OpenDB(*cfg)
 	db.SetMaxOpenConns(4)

@@ -18,6 +18,7 @@ var allFiles = []string{
 	"20251026000002_add_tenant_columns_to_resources.sql",
 	"20251026000003_update_rls_policies.sql",
 	"20251026000004_seed_mvp_tenants.sql",
+	"20251026000005_harden_shared_paths.sql",
 }
 
 func reversed(s []string) []string {
@@ -331,11 +332,12 @@ func TestPlanChangesNothing(t *testing.T) {
 		t.Fatal(err)
 	}
 	steps, err = m.PlanDown(ctx)
-	if err != nil || len(steps) != 1 || steps[0].Name != allFiles[4] || !strings.Contains(steps[0].SQL, "DELETE FROM public.tenants") {
+	last := allFiles[len(allFiles)-1]
+	if err != nil || len(steps) != 1 || steps[0].Name != last || !strings.Contains(steps[0].SQL, "TO PUBLIC") {
 		t.Fatalf("plan down = %+v, %v", steps, err)
 	}
 	steps, err = m.PlanDownTo(ctx, 0)
-	if err != nil || len(steps) != len(allFiles) || steps[0].Name != allFiles[4] {
+	if err != nil || len(steps) != len(allFiles) || steps[0].Name != last {
 		t.Fatalf("plan down --to 0 = %d steps, %v", len(steps), err)
 	}
 	if n := scalar[int](t, db.admin(t), `SELECT count(*) FROM tenants`); n != 2 {

@@ -265,14 +265,41 @@ func TestNonSuperuserMigrator(t *testing.T) {
 	for _, c := range checks {
 		needsSuper := c.Name == migrations.CheckSeedTenantContext || c.Name == migrations.CheckSeedIsolation ||
 			c.Name == migrations.CheckSeedForgery
-		if needsSuper && (c.OK || !strings.Contains(c.Detail, "superuser")) {
+		// Only a superuser may revoke PUBLIC's privileges on pg_catalog
+		// objects: the audit says so, and how to finish.
+		notRevoked := c.Name == audit.SharedStatsPrivate || c.Name == audit.SharedFunctionsRevoked
+		switch {
+		case needsSuper && (c.OK || !strings.Contains(c.Detail, "superuser")):
 			t.Errorf("%s: want a failure saying it needs a superuser, got %s", c.Name, c)
-		}
-		if !needsSuper && !c.OK {
+		case notRevoked && (c.OK || !strings.HasPrefix(c.Detail, "PUBLIC: may ") ||
+			!strings.HasSuffix(c.Detail, "as a superuser, run: vitalproxy migrate reapply 20251026000005")):
+			t.Errorf("%s: want a failure naming PUBLIC and the remedy, got %s", c.Name, c)
+		case !needsSuper && !notRevoked && !c.OK:
 			t.Errorf("%s", c)
 		}
 	}
-	// The superuser's verification of the same database passes.
+	// A superuser finishes the hardening; the superuser's verification of
+	// the same database then passes.
+	if _, err := newMigrator(t, db.url).Reapply(ctx, migrations.LatestVersion); err != nil {
+		t.Fatalf("reapply as the superuser: %v", err)
+	}
+	assertVerifyPasses(t, db)
+	// The migrating role keeps the migration lock (advisory locks are kept
+	// to vital_owner, which it joined), and may roll back the hardening:
+	// the PUBLIC privileges only a superuser may give back stay revoked.
+	if res, err := m.Up(ctx); err != nil || len(res) != 0 {
+		t.Fatalf("up as %s after the revokes = %v, %v", role, names(res), err)
+	}
+	if res, err := m.Down(ctx); err != nil || len(res) != 1 {
+		t.Fatalf("down as %s after the revokes = %v, %v", role, names(res), err)
+	}
+	conn := db.admin(t)
+	if scalar[bool](t, conn, `SELECT has_table_privilege('public', 'pg_catalog.pg_stat_activity', 'SELECT')`) {
+		t.Error("a role that is not a superuser gave PUBLIC pg_stat_activity back")
+	}
+	if res, err := m.Up(ctx); err != nil || len(res) != 1 {
+		t.Fatalf("up again as %s = %v, %v", role, names(res), err)
+	}
 	assertVerifyPasses(t, db)
 }
 

@@ -12,8 +12,10 @@
 // in the database.
 //
 // A Manager works over one administrative connection that needs CREATEROLE
-// (or superuser). Roles are cluster-wide, so role DDL runs under a
-// transaction-scoped advisory lock and role creation tolerates a concurrent
-// creator; a transaction that loses a race with another database's sync is
-// retried.
+// (or superuser). Roles are cluster-wide, so role DDL runs under a lock on
+// vital.tenant_roles (not an advisory lock: the migrations keep those from
+// PUBLIC) and role creation tolerates a concurrent creator; a transaction
+// that loses a race with another database's sync is retried. Sync also
+// removes role defaults (ALTER ROLE ... SET) that a tenant role gave itself:
+// a pooled backend would keep them past the proxy's session reset.
 package tenantroles

@@ -31,9 +31,9 @@ type txState struct {
 // cluster-wide role catalogue.
 const maxAttempts = 5
 
-// inTx runs fn in a transaction holding the advisory lock LockKey, retrying
-// the whole transaction when it lost a race with a concurrent role change
-// (from another database, which the lock cannot see).
+// inTx runs fn in a transaction holding a lock on lockTable, retrying the
+// whole transaction when it lost a race with a concurrent role change (from
+// another database, which the lock cannot see).
 func (m *Manager) inTx(ctx context.Context, fn func(*txState) error) error {
 	for attempt := 1; ; attempt++ {
 		err := m.tryTx(ctx, fn)
@@ -61,8 +61,15 @@ func (m *Manager) tryTx(ctx context.Context, fn func(*txState) error) (err error
 			_ = tx.Rollback(rctx)
 		}
 	}()
-	if _, err := tx.Exec(ctx, `SELECT pg_advisory_xact_lock($1)`, LockKey); err != nil {
+	// An unmigrated database has no table to lock; fn says so.
+	var exists bool
+	if err := tx.QueryRow(ctx, `SELECT to_regclass($1) IS NOT NULL`, lockTable).Scan(&exists); err != nil {
 		return fmt.Errorf("take tenant role lock: %w", err)
+	}
+	if exists {
+		if _, err := tx.Exec(ctx, `LOCK TABLE `+lockTable+` IN SHARE ROW EXCLUSIVE MODE`); err != nil {
+			return fmt.Errorf("take tenant role lock: %w", err)
+		}
 	}
 	if err := fn(&txState{m: m, tx: tx}); err != nil {
 		return err
@@ -267,8 +274,17 @@ func (s *txState) reconcileRole(ctx context.Context, t tenantRow, w roleSpec, lo
 		}
 	}
 
+	// Role defaults (ALTER ROLE ... SET, which a role may do to itself):
+	// a pooled backend keeps them past the proxy's reset, so a tenant role
+	// has none.
+	c, err := s.resetSettings(ctx, w.name, st.oid)
+	if err != nil {
+		return nil, err
+	}
+	changes = append(changes, c...)
+
 	// Memberships of the role.
-	c, err := s.fixMemberships(ctx, w, st.oid, created)
+	c, err = s.fixMemberships(ctx, w, st.oid, created)
 	if err != nil {
 		return nil, err
 	}
@@ -361,6 +377,49 @@ func (s *txState) setPassword(ctx context.Context, role, password string) error 
 		return fmt.Errorf("set password of %s: %w", role, err)
 	}
 	return nil
+}
+
+// resetSettings removes the role's defaults, for every database and in
+// each database, and reports the names of the settings removed (never their
+// values).
+func (s *txState) resetSettings(ctx context.Context, role string, oid uint32) ([]string, error) {
+	rows, err := s.tx.Query(ctx, `
+		SELECT s.setdatabase = 0, coalesce(d.datname::text, ''),
+		       array(SELECT split_part(c, '=', 1) FROM unnest(s.setconfig) AS c ORDER BY 1)
+		FROM pg_db_role_setting s LEFT JOIN pg_database d ON d.oid = s.setdatabase
+		WHERE s.setrole = $1 ORDER BY 2`, oid)
+	if err != nil {
+		return nil, fmt.Errorf("read role defaults of %s: %w", role, err)
+	}
+	type setting struct {
+		all  bool
+		db   string
+		keys []string
+	}
+	found, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (setting, error) {
+		var st setting
+		err := r.Scan(&st.all, &st.db, &st.keys)
+		return st, err
+	})
+	if err != nil {
+		return nil, fmt.Errorf("read role defaults of %s: %w", role, err)
+	}
+	var changes []string
+	for _, st := range found {
+		stmt, where := "ALTER ROLE "+quoteIdent(role)+" RESET ALL", "in every database"
+		if !st.all {
+			if st.db == "" {
+				continue // the database is being dropped
+			}
+			stmt = "ALTER ROLE " + quoteIdent(role) + " IN DATABASE " + quoteIdent(st.db) + " RESET ALL"
+			where = "in database " + st.db
+		}
+		if _, err := s.tx.Exec(ctx, stmt); err != nil {
+			return nil, fmt.Errorf("reset role defaults of %s %s: %w", role, where, err)
+		}
+		changes = append(changes, fmt.Sprintf("role %s: removed role defaults for %s %s", role, strings.Join(st.keys, ", "), where))
+	}
+	return changes, nil
 }
 
 // membership is one row of pg_auth_members.

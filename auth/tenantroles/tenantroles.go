@@ -98,11 +98,14 @@ const DefaultPrefix = "vt_"
 // CHECK constraint does not allow it either, the first allowed tier is used).
 const DefaultTier = "starter"
 
-// LockKey is the pg_advisory_xact_lock key held around tenant role DDL.
-// Advisory locks are per database, so it serialises managers working on the
-// same database; races across databases of one cluster are absorbed by
-// tolerant role creation and retries.
-const LockKey int64 = 0x7674_726f_6c65_7301 // "vtroles\x01"
+// lockTable is locked (SHARE ROW EXCLUSIVE, which conflicts with itself)
+// around tenant role DDL. A table lock rather than an advisory lock: the
+// migrations keep the advisory-lock functions from PUBLIC, and a manager
+// that is not a superuser needs the table's privileges anyway. It serialises
+// managers working on the same database, and lets the proxy read the table
+// meanwhile; races across databases of one cluster are absorbed by tolerant
+// role creation and retries.
+const lockTable = "vital.tenant_roles"
 
 var (
 	slugRE   = regexp.MustCompile(`^[a-z0-9][a-z0-9-]{0,62}$`)
@@ -552,6 +555,11 @@ func terminate(ctx context.Context, conn *pgx.Conn, roles []string) (map[string]
 		}
 		return nil
 	}); err != nil {
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) && pgErr.Code == "42501" {
+			// The migrations keep the statistics views from PUBLIC.
+			return nil, fmt.Errorf("terminate sessions: %w (the database user needs pg_read_all_stats to list sessions and pg_signal_backend to end them)", err)
+		}
 		return nil, fmt.Errorf("terminate sessions: %w", err)
 	}
 	return out, nil

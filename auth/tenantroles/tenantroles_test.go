@@ -411,6 +411,18 @@ func TestSyncRepairsDrift(t *testing.T) {
 		{name: "role/dropped", sql: `DROP ROLE %[3]s`, report: "created role %[3]s (tenant plat, admin)"},
 		{name: "tenant/new", report: "created role " + lateRW + " (tenant late, rw)"},
 		{name: "login", sql: `ALTER ROLE %[4]s NOLOGIN`, report: "role %[4]s: set LOGIN"},
+		// What a tenant role may do to itself (ALTER ROLE CURRENT_USER SET).
+		{name: "defaults/every-database", sql: `ALTER ROLE %[1]s SET search_path = pg_temp; ALTER ROLE %[1]s SET role = 'vital_tenant'`,
+			report: "role %[1]s: removed role defaults for role, search_path in every database",
+			check: func(t *testing.T) {
+				if n := e.count(t, `SELECT count(*) FROM pg_db_role_setting WHERE setrole = $1::regrole`, rw); n != 0 {
+					t.Errorf("%s keeps %d pg_db_role_setting rows", rw, n)
+				}
+			}},
+		{name: "defaults/this-database", sql: `ALTER ROLE %[2]s IN DATABASE ` + e.db + ` SET statement_timeout = '17s'`,
+			report: "role %[2]s: removed role defaults for statement_timeout in database " + e.db},
+		{name: "defaults/other-database", sql: `ALTER ROLE %[4]s IN DATABASE postgres SET work_mem = '1MB'`,
+			report: "role %[4]s: removed role defaults for work_mem in database postgres"},
 	}
 	subst := func(s string) string {
 		if !strings.Contains(s, "%[") {
@@ -590,7 +602,9 @@ func TestPrivileges(t *testing.T) {
 			_ = e.c.Exec(context.Background(), e.db, fmt.Sprintf(`DROP OWNED BY %[1]s; DROP ROLE %[1]s`, r))
 		})
 	}
-	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE BYPASSRLS; GRANT pg_signal_backend TO %[1]s`, roleAdmin))
+	// Ending sessions needs pg_signal_backend, and listing them
+	// pg_read_all_stats (the migrations keep pg_stat_activity from PUBLIC).
+	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE BYPASSRLS; GRANT pg_signal_backend, pg_read_all_stats TO %[1]s`, roleAdmin))
 	e.exec(t, fmt.Sprintf(`ALTER ROLE %[1]s CREATEROLE; ALTER ROLE %[2]s BYPASSRLS`, filtered, weak))
 
 	t.Run("no-createrole", func(t *testing.T) {
@@ -674,8 +688,9 @@ func TestInvalidPrefix(t *testing.T) {
 }
 
 // TestConcurrentSyncAcrossDatabases runs managers on two databases of one
-// cluster at once: they share the cluster-wide roles but not the advisory
-// lock, so races on CREATE ROLE and GRANT must be absorbed.
+// cluster at once: they share the cluster-wide roles but not the lock (on
+// each database's vital.tenant_roles), so races on CREATE ROLE and GRANT
+// must be absorbed.
 func TestConcurrentSyncAcrossDatabases(t *testing.T) {
 	a, b := setup(t), setup(t)
 	b.prefix = a.prefix

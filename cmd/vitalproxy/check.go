@@ -41,6 +41,15 @@ check; exit non-zero if any check fails. The checks:
                                   TRIGGER for tenant roles; no writes at all for readers
   vital_schema_private            schema vital and its tables are closed to PUBLIC and
                                   tenant roles
+  shared_stats_private            PUBLIC and tenant roles may not read the statistics and
+                                  lock views (pg_stat_*, pg_statio_*, pg_locks), call the
+                                  functions behind them or read pg_stat_statements (fix:
+                                  vitalproxy migrate reapply 20251026000005, as a superuser)
+  shared_functions_revoked        PUBLIC and tenant roles may not use advisory locks or
+                                  create large objects (same fix)
+  tenant_role_settings            no tenant role has role defaults (ALTER ROLE ... SET),
+                                  which outlive the proxy's session reset (fix:
+                                  vitalproxy tenant sync)
 
 Use a superuser connection so that every row can be read.`,
 		Args: cobra.NoArgs,

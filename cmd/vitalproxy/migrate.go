@@ -4,6 +4,7 @@ import (
 	"context"
 	"fmt"
 	"io"
+	"strconv"
 	"strings"
 	"text/tabwriter"
 	"time"
@@ -36,7 +37,8 @@ VITALPROXY_DATABASE_URL), normally a superuser.`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error { return cmd.Help() },
 	}
-	cmd.AddCommand(newMigrateUpCommand(), newMigrateDownCommand(), newMigrateStatusCommand(), newMigrateVerifyCommand())
+	cmd.AddCommand(newMigrateUpCommand(), newMigrateDownCommand(), newMigrateStatusCommand(), newMigrateVerifyCommand(),
+		newMigrateReapplyCommand())
 	return cmd
 }
 
@@ -69,7 +71,12 @@ the time it took. With --to, stop after that version. With --dry-run, print the
 SQL that would run and change nothing.
 
 When role_secret is configured, tenant login roles are synced afterwards
-(as by "vitalproxy tenant sync").`,
+(as by "vitalproxy tenant sync").
+
+Migration 20251026000005 revokes PUBLIC's access to statistics and lock
+views, advisory locks and large-object creation, which only a superuser may
+do; run by another role it says so in a warning, and a superuser finishes it
+with "vitalproxy migrate reapply 20251026000005".`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("to") && to <= 0 {
@@ -196,6 +203,44 @@ print the SQL that would run and change nothing.`,
 	cmd.Flags().Int64Var(&to, "to", 0, "roll back every migration newer than this version (0: all of them)")
 	cmd.Flags().BoolVar(&dryRun, "dry-run", false, "print the SQL that would run instead of running it")
 	return cmd
+}
+
+func newMigrateReapplyCommand() *cobra.Command {
+	return &cobra.Command{
+		Use:   "reapply VERSION",
+		Short: "Run an applied migration's Up section again (e.g. as a superuser)",
+		Long: `Run the Up section of an applied migration again, in one transaction under
+the migration lock, leaving the bookkeeping as it is. Every Up section is
+idempotent, so this only completes what the first run could not do:
+
+  20251026000005  revokes PUBLIC's access to the statistics and lock views,
+                  advisory locks and large-object creation only when a
+                  superuser runs it, and covers pg_stat_statements only if it
+                  was installed by then. When "vitalproxy check" fails
+                  shared_stats_private or shared_functions_revoked, run
+                  "vitalproxy migrate reapply 20251026000005" as a superuser.
+
+Refuses a migration that is pending or whose file changed since it was
+applied.`,
+		Args: cobra.ExactArgs(1),
+		RunE: func(cmd *cobra.Command, args []string) error {
+			version, err := strconv.ParseInt(args[0], 10, 64)
+			if err != nil || version <= 0 {
+				return fmt.Errorf("reapply: %q is not a migration version such as %d", args[0], migrations.LatestVersion)
+			}
+			_, m, err := openMigrator(cmd)
+			if err != nil {
+				return err
+			}
+			defer m.Close()
+			res, err := m.Reapply(cmd.Context(), version)
+			if err != nil {
+				return err
+			}
+			fmt.Fprintln(cmd.OutOrStdout(), res.String())
+			return nil
+		},
+	}
 }
 
 func newMigrateStatusCommand() *cobra.Command {

@@ -85,7 +85,7 @@ func TestMigrateCommands(t *testing.T) {
 	e := newMigrateEnv(t)
 
 	out := e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " pending "); n != 5 {
+	if n := strings.Count(out, " pending "); n != 6 {
 		t.Errorf("status of a fresh database shows %d pending migrations:\n%s", n, out)
 	}
 	out = e.mustRun(t, "migrate", "up", "--dry-run")
@@ -104,14 +104,15 @@ func TestMigrateCommands(t *testing.T) {
 		t.Errorf("up --to 20251026000001 printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "up")
-	if l := lines(out); len(l) != 3 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") {
+	if l := lines(out); len(l) != 4 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") ||
+		!strings.HasPrefix(l[3], "applied 20251026000005_harden_shared_paths.sql (") {
 		t.Errorf("up printed:\n%s", out)
 	}
 	if out = e.mustRun(t, "migrate", "up"); !strings.Contains(out, "nothing to apply") {
 		t.Errorf("second up printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " applied "); n != 5 || strings.Count(out, " ok") != 5 {
+	if n := strings.Count(out, " applied "); n != 6 || strings.Count(out, " ok") != 6 {
 		t.Errorf("status after up:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "verify")
@@ -124,15 +125,24 @@ func TestMigrateCommands(t *testing.T) {
 		t.Errorf("verify output lacks the seed and audit checks:\n%s", out)
 	}
 
+	out = e.mustRun(t, "migrate", "reapply", "20251026000005")
+	if !strings.HasPrefix(out, "reapplied 20251026000005_harden_shared_paths.sql (") {
+		t.Errorf("reapply printed:\n%s", out)
+	}
+
 	out = e.mustRun(t, "migrate", "down", "--dry-run")
-	if !strings.HasPrefix(out, "-- 20251026000004_seed_mvp_tenants.sql (down)") || strings.Contains(out, "20251026000003") {
+	if !strings.HasPrefix(out, "-- 20251026000005_harden_shared_paths.sql (down)") || strings.Contains(out, "20251026000004") {
 		t.Errorf("down --dry-run printed:\n%.300s", out)
 	}
-	if out = e.mustRun(t, "migrate", "down"); !strings.HasPrefix(out, "rolled back 20251026000004_seed_mvp_tenants.sql (") {
+	if out = e.mustRun(t, "migrate", "down"); !strings.HasPrefix(out, "rolled back 20251026000005_harden_shared_paths.sql (") {
 		t.Errorf("down printed:\n%s", out)
 	}
+	if _, _, err := runCLI(t, "migrate", "reapply", "20251026000005"); err == nil ||
+		err.Error() != "migration not applied: 20251026000005_harden_shared_paths.sql is pending; apply it with migrate up" {
+		t.Errorf("reapply of a pending migration: %v", err)
+	}
 	out = e.mustRun(t, "migrate", "down", "--to", "0")
-	if l := lines(out); len(l) != 4 || !strings.HasPrefix(l[3], "rolled back 20251026000000_baseline.sql (") {
+	if l := lines(out); len(l) != 5 || !strings.HasPrefix(l[4], "rolled back 20251026000000_baseline.sql (") {
 		t.Errorf("down --to 0 printed:\n%s", out)
 	}
 	if e.migrated(t) {

@@ -41,7 +41,8 @@ const (
 	TenantRolesSafe = "tenant_roles_safe"
 	// GroupRolesSafe: vital_owner, vital_tenant, vital_tenant_writer and
 	// vital_operator exist, are NOLOGIN, not SUPERUSER or BYPASSRLS, and
-	// vital_tenant/vital_tenant_writer belong to nothing beyond each other.
+	// vital_tenant/vital_tenant_writer/vital_operator belong to nothing
+	// beyond each other (and, for vital_operator, pg_read_all_stats).
 	GroupRolesSafe = "group_roles_safe"
 	// TenantTablesRLS: every table with a tenant_id column (and tenants,
 	// user_tenants, user_roles, resource_sharing_audit) has RLS enabled and
@@ -69,6 +70,24 @@ const (
 	// vital_tenant, vital_tenant_writer nor a tenant role may use it or any
 	// relation in it.
 	VitalSchemaPrivate = "vital_schema_private"
+	// SharedStatsPrivate: neither PUBLIC, vital_tenant, vital_tenant_writer
+	// nor a tenant role may read the database-wide statistics and lock views
+	// (pg_catalog.pg_stat_*, pg_statio_*, pg_locks) or execute the functions
+	// behind them (pg_stat_get_*, pg_lock_status, pg_blocking_pids, relation
+	// and database sizes), nor read pg_stat_statements where it is
+	// installed. Migration 20251026000005 revokes them when a superuser runs
+	// it; an extension installed afterwards needs it run again.
+	SharedStatsPrivate = "shared_stats_private"
+	// SharedFunctionsRevoked: neither PUBLIC nor a tenant role may execute
+	// the advisory-lock functions (their keys are database-wide) or create
+	// large objects (lo_create, lo_creat, lo_from_bytea: objects outside
+	// every table's RLS).
+	SharedFunctionsRevoked = "shared_functions_revoked"
+	// TenantRoleSettings: no tenant role has role defaults (ALTER ROLE ...
+	// SET, in pg_db_role_setting, for any database). A tenant role may set
+	// its own; they outlive the proxy's session reset on pooled backends.
+	// `vitalproxy tenant sync` removes them.
+	TenantRoleSettings = "tenant_role_settings"
 )
 
 // maxListed bounds how many offenders a Detail names.
@@ -111,6 +130,9 @@ func Run(ctx context.Context, conn *pgx.Conn, prefix string) ([]Check, error) {
 		{MaterializedViewsShared, checkMaterializedViews},
 		{TenantPrivileges, checkPrivileges},
 		{VitalSchemaPrivate, checkVitalSchema},
+		{SharedStatsPrivate, checkSharedStats},
+		{SharedFunctionsRevoked, checkSharedFunctions},
+		{TenantRoleSettings, checkTenantRoleSettings},
 	}
 	out := make([]Check, 0, len(checks))
 	for _, c := range checks {

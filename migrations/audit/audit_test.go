@@ -24,7 +24,8 @@ const prefix = "vt_"
 var allChecks = []string{
 	audit.TenantRolesSafe, audit.GroupRolesSafe, audit.TenantTablesRLS, audit.TenantTablesOwner,
 	audit.ViewsSecurityInvoker, audit.DefinerSearchPath, audit.MaterializedViewsShared,
-	audit.TenantPrivileges, audit.VitalSchemaPrivate,
+	audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedStatsPrivate, audit.SharedFunctionsRevoked,
+	audit.TenantRoleSettings,
 }
 
 // fixture is a migrated database with a read-write and a read-only tenant
@@ -194,10 +195,10 @@ func TestEachCheckCanFail(t *testing.T) {
 		}, []string{audit.TenantRolesSafe}, "has REPLICATION"},
 		{"tenant role is an operator", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT vital_operator TO `+f.rw)
-		}, []string{audit.TenantRolesSafe}, "member of vital_operator"},
+		}, []string{audit.TenantRolesSafe, audit.SharedStatsPrivate}, "member of vital_operator"},
 		{"tenant role member of the owner", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT vital_owner TO `+f.ro)
-		}, []string{audit.TenantRolesSafe, audit.TenantPrivileges, audit.VitalSchemaPrivate}, "member of vital_owner"},
+		}, []string{audit.TenantRolesSafe, audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedFunctionsRevoked}, "member of vital_owner"},
 		{"tenant role may create in public", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT CREATE ON SCHEMA public TO `+f.rw)
 		}, []string{audit.TenantRolesSafe}, "may CREATE in schema public"},
@@ -262,6 +263,40 @@ func TestEachCheckCanFail(t *testing.T) {
 		{"vital table granted to PUBLIC", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT SELECT ON vital.tenant_roles TO PUBLIC`)
 		}, []string{audit.VitalSchemaPrivate}, "PUBLIC: granted SELECT on vital.tenant_roles"},
+		{"statistics view granted back to PUBLIC", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT SELECT ON pg_catalog.pg_stat_activity TO PUBLIC`)
+		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may read 1 statistics and lock views (pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005"},
+		{"statistics functions granted back to PUBLIC", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer), pg_catalog.pg_lock_status(),
+				pg_catalog.pg_table_size(regclass), pg_catalog.pg_stat_get_live_tuples(oid) TO PUBLIC`)
+		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may execute 4 statistics, lock and size functions (pg_lock_status(), pg_stat_get_activity(integer), pg_stat_get_live_tuples(oid), ...)"},
+		{"pg_locks granted to a tenant role", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT SELECT ON pg_catalog.pg_locks TO `+f.rw)
+		}, []string{audit.SharedStatsPrivate}, "_rw: may read 1 statistics and lock views (pg_locks)"},
+		{"statistics granted to the reader group", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT SELECT ON pg_catalog.pg_stat_user_tables TO vital_tenant`)
+		}, []string{audit.SharedStatsPrivate}, "vital_tenant: may read 1 statistics and lock views (pg_stat_user_tables)"},
+		{"tenant role in pg_read_all_stats", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT pg_read_all_stats TO `+f.ro)
+		}, []string{audit.TenantRolesSafe, audit.SharedStatsPrivate}, "member of pg_read_all_stats"},
+		{"pg_stat_statements installed after the migrations", func(t *testing.T, f *fixture) {
+			f.exec(t, `CREATE EXTENSION pg_stat_statements`)
+		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may execute 2 pg_stat_statements functions (pg_stat_statements(boolean), pg_stat_statements_info())"},
+		{"advisory locks granted back to PUBLIC", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_lock(bigint), pg_catalog.pg_try_advisory_lock(integer, integer) TO PUBLIC`)
+		}, []string{audit.SharedFunctionsRevoked}, "PUBLIC: may execute 2 advisory-lock functions (pg_advisory_lock(bigint), pg_try_advisory_lock(integer,integer))"},
+		{"large objects granted back to PUBLIC", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.lo_from_bytea(oid, bytea) TO PUBLIC`)
+		}, []string{audit.SharedFunctionsRevoked}, "PUBLIC: may execute 1 large-object creation functions (lo_from_bytea(oid,bytea))"},
+		{"advisory locks granted to the writer group", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_xact_lock(bigint) TO vital_tenant_writer`)
+		}, []string{audit.SharedFunctionsRevoked}, "vital_tenant_writer: may execute 1 advisory-lock functions (pg_advisory_xact_lock(bigint))"},
+		{"tenant role defaults", func(t *testing.T, f *fixture) {
+			f.exec(t, `ALTER ROLE `+f.rw+` SET search_path = pg_temp; ALTER ROLE `+f.rw+` SET statement_timeout = '1s'`)
+		}, []string{audit.TenantRoleSettings}, "_rw: role defaults for search_path, statement_timeout in every database (vitalproxy tenant sync removes them)"},
+		{"tenant role defaults in the database", func(t *testing.T, f *fixture) {
+			f.exec(t, `ALTER ROLE `+f.ro+` IN DATABASE `+f.db+` SET role = 'vital_tenant'`)
+		}, []string{audit.TenantRoleSettings}, ": role defaults for role in database "},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

@@ -91,7 +91,8 @@ func checkGroupRoles(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, er
 		UNION ALL
 		SELECT m.rolname || ': member of ' || r.rolname
 		  FROM up JOIN pg_catalog.pg_roles m ON m.oid = up.member JOIN pg_catalog.pg_roles r ON r.oid = up.roleid
-		 WHERE r.rolname NOT IN ('vital_tenant', 'vital_tenant_writer')
+		 WHERE (r.rolname NOT IN ('vital_tenant', 'vital_tenant_writer')
+		        AND NOT (m.rolname = 'vital_operator' AND r.rolname = 'pg_read_all_stats'))
 		    OR (m.rolname = 'vital_tenant' AND r.rolname = 'vital_tenant_writer')
 		ORDER BY 1`, groupRoles)
 }

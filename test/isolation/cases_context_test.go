@@ -3,6 +3,7 @@ package isolation_test
 import (
 	"context"
 	"fmt"
+	"slices"
 	"strings"
 	"time"
 
@@ -10,6 +11,8 @@ import (
 	"github.com/jackc/pgx/v5/pgtype"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
+	"github.com/vitalproxy/vitalproxy/migrations/audit"
 )
 
 // contextCases try to change the tenant a session acts for.
@@ -33,10 +36,11 @@ func contextCases() []attackCase {
 		{name: "row-security-off", category: "context", level: levelSQL, run: caseRowSecurityOff},
 		{name: "alter-role-self-settings", category: "context", level: levelSQL, run: caseAlterRoleSelf},
 		{name: "alter-role-self-password", category: "context", level: levelSQL, run: caseAlterRolePassword,
-			expectOpen: "every PostgreSQL role may change its own password (ALTER ROLE CURRENT_USER PASSWORD); " +
-				"the attacker can then log in to PostgreSQL directly, bypassing the proxy's startup filtering " +
-				"(RLS still confines it to its own tenant). Close with pg_hba.conf (tenant roles only from the " +
-				"proxy's address) and let `vitalproxy tenant sync` keep re-deriving the verifier"},
+			expectOpen: "every PostgreSQL role may change its own password (ALTER ROLE CURRENT_USER PASSWORD) and no " +
+				"privilege prevents it; the attacker can then log in to PostgreSQL directly, bypassing the proxy " +
+				"(RLS still confines it to its own tenant; its own proxy logins fail until `vitalproxy tenant sync` " +
+				"re-derives the verifier, which the case checks). Closed outside the database: pg_hba.conf lets " +
+				"+vital_tenant connect only from the proxy's address"},
 		{name: "role-membership-grants", category: "context", level: levelSQL, run: caseRoleGrants},
 	}
 }
@@ -770,8 +774,8 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 		}
 	}
 	if len(allowed) > 0 {
-		e.note("a tenant role may set its own role defaults (%s); they stay on its own role and "+
-			"`vitalproxy tenant sync` does not reset them", strings.Join(allowed, "; "))
+		e.note("a tenant role may set its own role defaults (%s); they stay on its own role until "+
+			"`vitalproxy tenant sync` removes them (the audit's tenant_role_settings reports them meanwhile)", strings.Join(allowed, "; "))
 	}
 	// A new login picks the defaults up. It logs in directly: through the
 	// proxy it would leave a pooled backend carrying them (see the report).
@@ -810,8 +814,65 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	} else if err := f.addErr(e.onlyOwn(ctx, c)); err != nil {
 		return err
 	}
+	// Detected and repaired: the audit reports the defaults (names only)
+	// and tenant sync removes them.
+	if err := f.addErr(e.roleDefaultsRepaired(ctx)); err != nil {
+		return err
+	}
 	if _, err := conn.Exec(ctx, "ALTER ROLE CURRENT_USER RESET ALL"); err != nil {
 		return err
+	}
+	return f.result()
+}
+
+// roleDefaultsRepaired checks, with the attacker's role holding role
+// defaults for every database and this one, that the audit's
+// tenant_role_settings check fails naming the role and that tenant sync
+// removes the defaults and says so.
+func (e *env) roleDefaultsRepaired(ctx context.Context) error {
+	a, err := e.admin(ctx)
+	if err != nil {
+		return err
+	}
+	role := e.atk.role("rw")
+	// Known defaults of both kinds on the attacker's role (what it may set
+	// itself).
+	if _, err := a.Exec(ctx, "ALTER ROLE "+role+" RESET ALL; ALTER ROLE "+role+" IN DATABASE "+e.fx.db+" RESET ALL; "+
+		"ALTER ROLE "+role+" SET search_path = pg_temp; ALTER ROLE "+role+
+		" IN DATABASE "+e.fx.db+" SET statement_timeout = '17s'"); err != nil {
+		return err
+	}
+	checks, err := audit.Run(ctx, a, rolePrefix)
+	if err != nil {
+		return err
+	}
+	var f findings
+	for _, c := range checks {
+		if c.Name == audit.TenantRoleSettings && (c.OK || !strings.Contains(c.Detail, role+": role defaults for search_path in every database")) {
+			f.add("the audit does not report the attacker's role defaults: %s", c)
+		}
+		if strings.Contains(c.Detail, "pg_temp") || strings.Contains(c.Detail, "17s") {
+			return fmt.Errorf("the audit's detail shows setting values: %s", c)
+		}
+	}
+	rep, err := tenantroles.New(a, tenantroles.Options{Secret: e.fx.secret, Prefix: rolePrefix}).Sync(ctx)
+	if err != nil {
+		return fmt.Errorf("tenant sync: %w", err)
+	}
+	for _, want := range []string{
+		"role " + role + ": removed role defaults for search_path in every database",
+		"role " + role + ": removed role defaults for statement_timeout in database " + e.fx.db,
+	} {
+		if !slices.Contains(rep.Changes, want) {
+			f.add("tenant sync did not report %q (report: %v)", want, rep.Changes)
+		}
+	}
+	n, err := scalar[int](ctx, a, "SELECT count(*)::int FROM pg_db_role_setting WHERE setrole = $1::regrole", role)
+	if err != nil {
+		return err
+	}
+	if n > 0 {
+		f.add("tenant sync left %d pg_db_role_setting rows of the attacker's role", n)
 	}
 	return f.result()
 }
@@ -830,16 +891,22 @@ func caseAlterRolePassword(ctx context.Context, e *env) error {
 		}
 		return err
 	}
-	// Put the derived password back whatever happens next.
+	// Put the derived password back whatever happens next: tenant sync
+	// does (and must say so); by hand if it does not.
 	defer func() {
-		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
+		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 20*time.Second)
 		defer cancel()
-		v, err := auth.NewSCRAMVerifier(e.fx.rolePassword(role))
+		a, err := e.admin(ctx)
 		if err != nil {
-			e.t.Errorf("restore password: %v", err)
+			e.t.Errorf("restore the password of %s: %v", role, err)
 			return
 		}
-		a, err := e.admin(ctx)
+		rep, err := tenantroles.New(a, tenantroles.Options{Secret: e.fx.secret, Prefix: rolePrefix}).Sync(ctx)
+		if err == nil && slices.Contains(rep.Changes, "role "+role+": password reset") {
+			return
+		}
+		e.t.Errorf("tenant sync did not repair the password of %s (%v, report %v)", role, err, rep.Changes)
+		v, err := auth.NewSCRAMVerifier(e.fx.rolePassword(role))
 		if err == nil {
 			_, err = a.Exec(ctx, "ALTER ROLE "+pgx.Identifier{role}.Sanitize()+" PASSWORD "+quoteLit(v))
 		}

@@ -15,16 +15,13 @@ func disturbCases() []attackCase {
 	return []attackCase{
 		{name: "notify-into-victim-channel", category: "disturb", level: levelSQL, run: caseNotifyInto,
 			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can NOTIFY a channel another tenant " +
-				"listens on (NOTIFY and pg_notify need no privilege). Closed by the proxy's channel namespacing " +
-				"(not yet implemented)"},
+				"listens on (NOTIFY and pg_notify need no privilege, and no privilege governs them). Closed only by " +
+				"the proxy's channel namespacing (not yet implemented)"},
 		{name: "listen-on-victim-channel", category: "disturb", level: levelSQL, run: caseListenOn,
 			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can LISTEN on another tenant's " +
-				"channel and read its payloads. Closed by the proxy's channel namespacing (not yet implemented)"},
-		{name: "advisory-locks", category: "disturb", level: levelSQL, run: caseAdvisoryLocks,
-			expectOpen: "advisory-lock keys are database-wide and pg_advisory_* are PUBLIC: a tenant can see (try-lock) " +
-				"and hold the keys another tenant's application uses. Close with REVOKE EXECUTE ON FUNCTION on the 21 " +
-				"pg_catalog.pg_*advisory* functions FROM PUBLIC (tenant applications then cannot use advisory locks), " +
-				"or namespace keys in the proxy (not possible for key values chosen by clients)"},
+				"channel and read its payloads (LISTEN is a statement, not a function: no privilege governs it). " +
+				"Closed only by the proxy's channel namespacing (not yet implemented)"},
+		{name: "advisory-locks", category: "disturb", level: levelSQL, run: caseAdvisoryLocks},
 		{name: "agent-quota-lock", category: "disturb", level: levelSQL, run: caseQuotaLock},
 		{name: "cancel-terminate-backend", category: "disturb", level: levelSQL, run: caseSignalBackend},
 		{name: "lock-table", category: "disturb", level: levelSQL, run: caseLockTable},

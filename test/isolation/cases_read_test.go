@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"fmt"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -19,56 +20,40 @@ func readCases() []attackCase {
 		{name: "sweep-read-only-role", category: "read", level: levelSQL, run: caseSweepRO},
 		{name: "functions-taking-tenant-ids", category: "read", level: levelSQL, run: caseTenantFunctions},
 		{name: "pg-stat-activity-query-text", category: "read", level: levelSQL, run: caseActivityQuery},
-		{name: "pg-stat-activity-application-name", category: "read", level: levelSQL, run: caseActivityAppName,
-			expectOpen: "pg_stat_activity shows every session's application_name and user name to every role " +
-				"(only query text and client details are hidden); a victim that puts data in application_name " +
-				"leaks it. Close with REVOKE SELECT ON pg_catalog.pg_stat_activity and EXECUTE ON FUNCTION " +
-				"pg_catalog.pg_stat_get_activity(integer) FROM PUBLIC in the tenant database, or have the proxy " +
-				"refuse or rewrite application_name"},
+		{name: "pg-stat-activity-application-name", category: "read", level: levelSQL, run: caseActivityAppName},
 		{name: "settings", category: "read", level: levelSQL, run: caseSettings},
 		{name: "explain-analyze-row-counts", category: "read", level: levelSQL, run: caseExplainAnalyze,
 			expectOpen: "EXPLAIN ANALYZE reports \"Rows Removed by Filter\" for the RLS filter, i.e. how many rows of " +
 				"other tenants a scan passed over, and with an index scan whether a known id exists; no privilege " +
 				"governs EXPLAIN. Closable only by the proxy refusing EXPLAIN ANALYZE (statement inspection)"},
 		{name: "table-statistics-row-counts", category: "read", level: levelSQL, run: caseTableStats,
-			expectOpen: "pg_class.reltuples/relpages and pg_stat_user_tables (n_live_tup, n_tup_ins, ...) give every " +
-				"role whole-table row counts, i.e. the other tenants' total; REVOKE SELECT ON pg_catalog.pg_stat_user_tables, " +
-				"pg_stat_all_tables, pg_statio_user_tables, pg_statio_all_tables FROM PUBLIC closes the statistics " +
-				"views, pg_class.reltuples stays readable"},
+			expectOpen: "pg_class.reltuples (and relpages) give every role an estimate of whole-table row counts, i.e. " +
+				"the other tenants' total; pg_class has no per-row privilege and psql/drivers read it. The statistics " +
+				"views and functions (pg_stat_user_tables, pg_stat_get_*) are closed by migration 20251026000005"},
 		{name: "pg-stats-column-values", category: "read", level: levelSQL, run: casePgStats},
 		{name: "leaky-function-in-where", category: "read", level: levelSQL, run: caseLeakyFunction},
 		{name: "cast-and-division-errors", category: "read", level: levelSQL, run: caseCastErrors},
 		{name: "unique-key-existence-oracle", category: "read", level: levelSQL, run: caseUniqueOracle,
-			expectOpen: "primary keys are global: INSERT (or ON CONFLICT, MERGE) with a known id tells whether that " +
-				"id exists in another tenant (and user_tenants' foreign key tells whether a user id exists). Ids are " +
-				"random uuids, so this confirms a leaked id but cannot enumerate; closing it needs tenant-scoped keys " +
-				"(PRIMARY KEY (tenant_id, id))"},
+			expectOpen: "accepted: primary keys are global, so INSERT (or ON CONFLICT, MERGE) with a known id tells whether " +
+				"that id exists in another tenant (and user_tenants' foreign key whether a user id exists). Every id is " +
+				"a random uuid: this confirms an id the attacker already has but cannot enumerate or count. Closing it " +
+				"needs tenant-scoped keys (PRIMARY KEY (tenant_id, id))"},
 		{name: "pending-insert-known-key", category: "read", level: levelSQL, run: casePendingInsert,
-			expectOpen: "an INSERT with the id of another tenant's uncommitted row waits for that transaction, so " +
+			expectOpen: "accepted: an INSERT with the id of another tenant's uncommitted row waits for that transaction, so " +
 				"lock_timeout reveals a pending row with a known id (same root cause and fix as unique-key-existence-oracle)"},
 		{name: "pending-update-row-locks", category: "read", level: levelSQL, run: casePendingUpdate},
-		{name: "pg-locks", category: "read", level: levelSQL, run: casePgLocks,
-			expectOpen: "pg_locks is readable by every role: it shows which tables another tenant's open transactions " +
-				"write (and their advisory-lock keys), joined to the tenant through pg_stat_activity.usename. Close with " +
-				"REVOKE SELECT ON pg_catalog.pg_locks FROM PUBLIC; REVOKE EXECUTE ON FUNCTION pg_catalog.pg_lock_status() " +
-				"FROM PUBLIC"},
+		{name: "pg-locks", category: "read", level: levelSQL, run: casePgLocks},
 		{name: "temp-table-contents", category: "read", level: levelSQL, run: caseTempTables},
 		{name: "catalog-names", category: "read", level: levelSQL, run: caseCatalogNames,
-			expectOpen: "catalogue names are database-wide: pg_roles lists every tenant's login roles (so every " +
-				"tenant slug), pg_class the names of other sessions' temporary tables, pg_largeobject_metadata the " +
-				"owners of large objects. PostgreSQL has no per-row catalogue ACL; keep data out of names"},
+			expectOpen: "catalogue names are database-wide: pg_roles lists every tenant's login roles (so every tenant " +
+				"slug), pg_class the names of other sessions' temporary tables. PostgreSQL has no per-row catalogue ACL; " +
+				"keep data out of names (role names could be keyed hashes of the slug). Large objects, whose owners " +
+				"pg_largeobject_metadata showed, can no longer be created by tenants (migration 20251026000005)"},
 		{name: "large-objects", category: "read", level: levelSQL, run: caseLargeObjects},
 		{name: "server-side-files", category: "read", level: levelSQL, run: caseServerFiles},
-		{name: "audit-id-sequence-gaps", category: "read", level: levelSQL, run: caseAuditGaps,
-			expectOpen: "resource_sharing_audit.id is one identity sequence for all tenants: the gap between two of " +
-				"the attacker's own audit ids counts the other tenants' sharing events in between (even rolled-back " +
-				"ones). Close with a random key (uuid DEFAULT gen_random_uuid()) or by not exposing id to tenants"},
+		{name: "audit-id-sequence-gaps", category: "read", level: levelSQL, run: caseAuditGaps},
 		{name: "catalog-sweep", category: "read", level: levelSQL, run: caseCatalogSweep},
-		{name: "pg-stat-statements", category: "read", level: levelSQL, run: casePgStatStatements,
-			expectOpen: "pg_stat_statements (loaded on many servers) shows every role's statement statistics (userid, " +
-				"calls, rows, timings) to every role; only query text is hidden. Close with REVOKE SELECT ON " +
-				"public.pg_stat_statements, public.pg_stat_statements_info FROM PUBLIC; REVOKE EXECUTE ON FUNCTION " +
-				"public.pg_stat_statements(boolean), public.pg_stat_statements_info() FROM PUBLIC"},
+		{name: "pg-stat-statements", category: "read", level: levelSQL, run: casePgStatStatements},
 	}
 }
 
@@ -278,7 +263,12 @@ func caseActivityQuery(ctx context.Context, e *env) error {
 	text, err := queryText(ctx, ac, `SELECT s.*, pg_stat_get_backend_activity(b) FROM pg_stat_activity s,
 		pg_stat_get_backend_idset() b WHERE pg_stat_get_backend_pid(b) = s.pid`)
 	if sqlState(err) == "42501" {
-		return nil // revoked: nothing to read
+		// Revoked: nothing to read. The victim's session is still busy and
+		// is closed when the case ends: wait for its query first.
+		if err := waitErr(ctx, done); err != nil {
+			return fmt.Errorf("victim query: %w", err)
+		}
+		return nil
 	}
 	if err != nil {
 		return err
@@ -1029,23 +1019,24 @@ func caseAuditGaps(ctx context.Context, e *env) error {
 		return err
 	}
 	defer rollback(vc)
-	share := "INSERT INTO public.agents (name, is_shared, sharing_mode, shared_with) VALUES ('iso-gap', true, 'tenants', ARRAY['" + e.fx.third.id + "'::uuid])"
-	ownAuditID := func() (int64, error) {
+	share := "INSERT INTO public.agents (name, is_shared, sharing_mode, shared_with) VALUES ('iso-gap', true, 'tenants', ARRAY['" + e.fx.third.id + "'::uuid]) RETURNING id"
+	// ownAuditID shares a row in a transaction it rolls back and returns
+	// the id of the audit row that left.
+	ownAuditID := func() (string, error) {
 		if _, err := ac.Exec(ctx, "BEGIN"); err != nil {
-			return 0, err
+			return "", err
 		}
-		if _, err := ac.Exec(ctx, share); err != nil {
-			return 0, err
-		}
-		id, err := scalar[*int64](ctx, ac, "SELECT max(id) FROM public.resource_sharing_audit WHERE resource_table = 'agents'")
-		if _, rerr := ac.Exec(ctx, "ROLLBACK"); rerr != nil {
-			return 0, rerr
-		}
+		defer rollback(ac)
+		agent, err := scalar[string](ctx, ac, share)
 		if err != nil {
-			return 0, err
+			return "", err
+		}
+		id, err := scalar[*string](ctx, ac, "SELECT max(id::text) FROM public.resource_sharing_audit WHERE resource_id = $1", agent)
+		if err != nil {
+			return "", err
 		}
 		if id == nil {
-			return 0, fmt.Errorf("positive control: the attacker's sharing left no audit row it can see")
+			return "", fmt.Errorf("positive control: the attacker's sharing left no audit row it can see")
 		}
 		return *id, nil
 	}
@@ -1069,8 +1060,17 @@ func caseAuditGaps(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if gap := second - first - 1; gap >= victimShares {
-		return open("the attacker's own audit ids %d and %d are %d apart: the victim's %d sharing events in between are counted", first, second, gap, victimShares)
+	a, errA := strconv.ParseInt(first, 10, 64)
+	b, errB := strconv.ParseInt(second, 10, 64)
+	if errA != nil || errB != nil {
+		// Random keys (uuid v4: the version digit is 4) carry no count.
+		if len(first) != 36 || len(second) != 36 || first[14] != '4' || second[14] != '4' {
+			return open("the attacker's own audit ids %s and %s are neither numbers nor random uuids: check what they reveal", first, second)
+		}
+		return nil
+	}
+	if gap := b - a - 1; gap >= victimShares {
+		return open("the attacker's own audit ids %d and %d are %d apart: the victim's %d sharing events in between are counted", a, b, gap, victimShares)
 	}
 	return nil
 }

@@ -15,6 +15,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
 	"github.com/vitalproxy/vitalproxy/migrations"
+	"github.com/vitalproxy/vitalproxy/migrations/audit"
 	"github.com/vitalproxy/vitalproxy/test/pgtest"
 )
 
@@ -142,6 +143,13 @@ func buildFixture(ctx context.Context, c *pgtest.Cluster) (*fixture, error) {
 		return nil, err
 	}
 	f := &fixture{c: c, db: db, secret: []byte("isolation-suite-role-secret-" + randomHex(8))}
+	// pg_stat_statements is installed before the migrations, as on a server
+	// that loads it: migration 20251026000005 then closes it to tenants. An
+	// extension installed later is the audit's to report
+	// (shared_stats_private; see migrations/audit).
+	if err := c.Exec(ctx, db, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
+		return nil, fmt.Errorf("create extension pg_stat_statements: %w", err)
+	}
 	m, err := migrations.New(f.adminURL())
 	if err != nil {
 		return nil, fmt.Errorf("migrations: %w", err)
@@ -189,13 +197,19 @@ func buildFixture(ctx context.Context, c *pgtest.Cluster) (*fixture, error) {
 	if err := writeMarkers(ctx, f, f.b, f.a); err != nil {
 		return nil, err
 	}
-	if _, err := admin.Exec(ctx, "CREATE EXTENSION IF NOT EXISTS pg_stat_statements"); err != nil {
-		return nil, fmt.Errorf("create extension pg_stat_statements: %w", err)
-	}
 	// Statistics for the pg_stats case: most_common_vals and histograms of
 	// the resource tables now hold every tenant's names.
 	if _, err := admin.Exec(ctx, "ANALYZE"); err != nil {
 		return nil, fmt.Errorf("analyze: %w", err)
+	}
+	// The suite attacks a database that passes the isolation audit, as the
+	// proxy requires before it serves.
+	checks, err := audit.Run(ctx, admin, rolePrefix)
+	if err != nil {
+		return nil, fmt.Errorf("audit: %w", err)
+	}
+	if audit.Failed(checks) > 0 {
+		return nil, fmt.Errorf("the fixture database fails the isolation audit: %v", checks)
 	}
 	return f, nil
 }
