@@ -494,6 +494,14 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		}
 		return reasonNone, ce
 	}
+	if b.Data != nil {
+		// The transaction-mode engine left its state (shared statements,
+		// settings) on this backend: clear it for a session-mode client.
+		if err := txmode.Reclaim(ctx, b); err != nil {
+			s.srv.pool.Release(b, false)
+			return reasonNone, backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
+		}
+	}
 	s.srv.metrics.contextInjections.WithLabelValues("ok").Inc()
 	s.mu.Lock()
 	s.backend = b

@@ -23,6 +23,10 @@ import (
 // ErrQueueTimeout means no backend became free within Config.QueueTimeout.
 var ErrQueueTimeout = errors.New("no server connection became free in time")
 
+// aliveCheckAfter is how long a backend must have been idle before
+// Acquire checks that it is still alive.
+const aliveCheckAfter = 100 * time.Millisecond
+
 // ErrClosed means the pool was closed.
 var ErrClosed = errors.New("pool is closed")
 
@@ -259,7 +263,9 @@ func (p *Pool) takeIdle(k *keyPool) *Backend {
 	for n := len(k.idle); n > 0; n = len(k.idle) {
 		b := k.idle[n-1]
 		k.idle = k.idle[:n-1]
-		if !b.Alive() {
+		// A backend used moments ago is alive; checking costs a system
+		// call, so only longer-idle ones are looked at.
+		if time.Since(b.lastUsed) > aliveCheckAfter && !b.Alive() {
 			p.discard(k, b, ReasonBroken)
 			continue
 		}

@@ -289,6 +289,7 @@ func TestDeadIdleBackendIsNeverLent(t *testing.T) {
 	if _, err := conn.Exec(ctx, "SELECT pg_terminate_backend($1, 10000)", int(pid)); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(200 * time.Millisecond) // idle long enough to be checked
 	b = acquire(t, p, e.dh)
 	defer p.Release(b, true)
 	if b.PID == pid {

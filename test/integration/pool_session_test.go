@@ -201,6 +201,7 @@ func TestRoleDefaultsCannotStick(t *testing.T) {
 	if _, err := admin.Exec(ctx, "SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE usename = $1", role); err != nil {
 		t.Fatal(err)
 	}
+	time.Sleep(200 * time.Millisecond) // idle long enough to be checked
 	for i := range 2 {
 		c := r.connect(t, "alice", "alice-pw")
 		var cur, sess, tenant string
