@@ -149,11 +149,11 @@ func quoteLiteral(s string) string {
 	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
-// roundTrip writes buf and reads until the want-th ReadyForQuery, calling
-// fn for every other message; an ErrorResponse fails it (after reading on
-// to the ReadyForQuery, so the connection stays in step). The final
-// ReadyForQuery must report an idle backend.
-func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func(typ byte, body []byte) error) error {
+// exchange writes buf to a backend and hands every message it answers with
+// to next until next reports done, all under one deadline (resetTimeout, or
+// ctx's if sooner). It is the one place that talks to a backend outside
+// forwarding: applying settings, resets, the probe.
+func exchange(ctx context.Context, conn net.Conn, buf []byte, next func(typ byte, body []byte) (done bool, err error)) error {
 	deadline := time.Now().Add(resetTimeout)
 	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
 		deadline = d
@@ -165,13 +165,25 @@ func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func
 	}
 	var hdr [5]byte
 	var body []byte
-	var failure error
 	for {
 		typ, b, err := readServerMessage(conn, &hdr, body)
 		if err != nil {
 			return err
 		}
 		body = b
+		if done, err := next(typ, body); done {
+			return err
+		}
+	}
+}
+
+// roundTrip writes buf and reads until the want-th ReadyForQuery, calling
+// fn for every other message; an ErrorResponse fails it (after reading on
+// to the ReadyForQuery, so the connection stays in step). The final
+// ReadyForQuery must report an idle backend.
+func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func(typ byte, body []byte) error) error {
+	var failure error
+	return exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
 		switch typ {
 		case 'E':
 			var e pgproto3.ErrorResponse
@@ -180,19 +192,19 @@ func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func
 				failure = &pgconn.PgError{Severity: e.Severity, Code: e.Code, Message: e.Message}
 			}
 		case 'Z':
-			want--
-			if want == 0 {
+			if want--; want == 0 {
 				if failure == nil && (len(body) != 1 || body[0] != 'I') {
 					failure = errors.New("backend is not idle")
 				}
-				return failure
+				return true, failure
 			}
 		default:
 			if err := fn(typ, body); err != nil && failure == nil {
 				failure = err
 			}
 		}
-	}
+		return false, nil
+	})
 }
 
 // maxServerMessage bounds one message read while resetting a backend; a
@@ -249,25 +261,9 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 		"SELECT public.set_tenant_context('%s'), '%s' || CASE WHEN current_user = session_user THEN ':ok' ELSE ':role-changed' END",
 		tenantID, marker)}).Encode(buf)
 
-	deadline := time.Now().Add(resetTimeout)
-	if d, ok := ctx.Deadline(); ok && d.Before(deadline) {
-		deadline = d
-	}
-	_ = conn.SetDeadline(deadline)
-	defer conn.SetDeadline(time.Time{})
-	if _, err := conn.Write(buf); err != nil {
-		return err
-	}
-	var hdr [5]byte
-	var body []byte
 	seen := false
 	var failure error
-	for {
-		typ, b, err := readServerMessage(conn, &hdr, body)
-		if err != nil {
-			return err
-		}
-		body = b
+	return exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
 		switch {
 		case typ == 'D' && strings.Contains(string(body), marker):
 			seen = true
@@ -280,9 +276,10 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 			if failure == nil && (len(body) != 1 || body[0] != 'I') {
 				failure = errors.New("backend is not idle after reset")
 			}
-			return failure
+			return true, failure
 		}
-	}
+		return false, nil
+	})
 }
 
 func newMarker() string {
