@@ -67,13 +67,10 @@ type fwdResult struct {
 // field except done and the fds, which the session closes after done.
 type fwdJob struct {
 	clientFd, serverFd int
-	maxLen             int
 	done               chan fwdResult
 
-	// Client-to-server framing (see forwardClient).
-	remaining int64
-	carry     [5]byte
-	carryLen  int
+	// Message framing of each direction (see framer).
+	fromClient, fromServer framer
 	// Bytes that could not be written yet, by destination fd.
 	toClient, toServer []byte
 	c2s, s2c           int64
@@ -219,21 +216,12 @@ func (l *evLoop) finish(j *fwdJob, clientEnded bool, err error) {
 // pump reads what fd has and passes it on to its peer.
 func (l *evLoop) pump(j *fwdJob, fd int) {
 	fromClient := fd == j.clientFd
-	peer := j.serverFd
+	peer, fr := j.serverFd, &j.fromClient
 	if !fromClient {
-		peer = j.clientFd
+		peer, fr = j.clientFd, &j.fromServer
 	}
-	buf := l.buf
-	start := 0
-	if fromClient && j.carryLen > 0 {
-		start = copy(buf, j.carry[:j.carryLen])
-		j.carryLen = 0
-	}
-	n, err := unix.Read(fd, buf[start:])
+	n, err := unix.Read(fd, l.buf)
 	if err == unix.EAGAIN || err == unix.EINTR {
-		if start > 0 {
-			j.carryLen = copy(j.carry[:], buf[:start])
-		}
 		return
 	}
 	if n <= 0 {
@@ -243,14 +231,7 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 		l.finish(j, fromClient, err)
 		return
 	}
-	n += start
-	data := buf[:n]
-	var stop error
-	if fromClient {
-		var send int
-		send, stop = j.frame(data)
-		data = data[:send]
-	}
+	data, stop := fr.feed(l.buf[:n])
 	if len(data) > 0 {
 		if !l.write(j, peer, data) {
 			return
@@ -262,45 +243,12 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 		}
 	}
 	if stop != nil {
-		l.finish(j, true, stop)
+		// A bad server header ends the session as a lost server does.
+		l.finish(j, fromClient, stop)
 	}
 }
 
 var errEOF = errors.New("EOF")
-
-// frame walks client message headers in data (which starts where the last
-// call stopped) and returns how many bytes may go to the server: everything
-// up to a Terminate, a bad length or an oversized message (then with the
-// matching error), or up to a header that is not complete yet, whose bytes
-// are carried to the next read.
-func (j *fwdJob) frame(data []byte) (int, error) {
-	pos, n := 0, len(data)
-	for pos < n {
-		if j.remaining > 0 {
-			step := min(j.remaining, int64(n-pos))
-			pos += int(step)
-			j.remaining -= step
-			continue
-		}
-		if n-pos < 5 {
-			j.carryLen = copy(j.carry[:], data[pos:])
-			return pos, nil
-		}
-		typ := data[pos]
-		length := int64(binary.BigEndian.Uint32(data[pos+1 : pos+5]))
-		switch {
-		case typ == 'X':
-			return pos, errClientTerminate
-		case length < 4:
-			return pos, errProtocol
-		case j.maxLen > 0 && length-4 > int64(j.maxLen):
-			return pos, errMessageTooLarge
-		}
-		pos += 5
-		j.remaining = length - 4
-	}
-	return n, nil
-}
 
 // write sends data to fd, keeping what the socket does not take and
 // pausing the source until it drains. It reports false when the job ended.
@@ -405,7 +353,8 @@ func (s *session) forwardLoop(g *evGroup) (fwdResult, bool) {
 	}
 	_ = client.Close()
 	_ = server.Close()
-	j := &fwdJob{clientFd: cfd, serverFd: sfd, maxLen: s.rt.cfg.Limits.MaxMessageSize, done: make(chan fwdResult, 1)}
+	j := &fwdJob{clientFd: cfd, serverFd: sfd, done: make(chan fwdResult, 1)}
+	j.fromClient, j.fromServer = s.framers()
 	s.mu.Lock()
 	s.loopServerFd = sfd
 	s.loopClientFd = cfd

@@ -1,28 +1,17 @@
 package proxy
 
 import (
-	"encoding/binary"
 	"errors"
-	"io"
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/vitalproxy/vitalproxy/proxy/notify"
 )
 
-// tlsCopyBuffer is the copy buffer size when the kernel cannot splice
-// (TLS on either side): one TLS record.
+// tlsCopyBuffer is the server-to-client copy buffer of the goroutine
+// path (TLS on either side): one TLS record.
 const tlsCopyBuffer = 16 << 10
-
-// copyConn copies src to dst until either fails. Between two plain
-// sockets io.Copy hands the work to the kernel (splice) and no user-space
-// buffer exists; otherwise one small buffer lives as long as the copy.
-func copyConn(dst, src net.Conn) (int64, error) {
-	if isPlain(dst) && isPlain(src) {
-		return io.Copy(dst, src)
-	}
-	buf := make([]byte, tlsCopyBuffer)
-	return io.CopyBuffer(struct{ io.Writer }{dst}, struct{ io.Reader }{src}, buf)
-}
 
 func isPlain(c net.Conn) bool {
 	switch c.(type) {
@@ -46,63 +35,23 @@ var errClientTerminate = errors.New("client sent Terminate")
 // errMessageTooLarge means a client message exceeded limits.max_message_size.
 var errMessageTooLarge = errors.New("client message too large")
 
-// forwardClient copies client messages to the server until the client
-// ends. It looks only at message headers (type and length, never bodies) so
-// that it can keep Terminate from the backend, which then stays usable, and
-// bound the message size; a header split across reads is held back until it
-// is whole, so the backend never sees half a header. buf is reused.
-func forwardClient(server, client net.Conn, buf []byte, maxLen int) (int64, error) {
-	var (
-		total     int64
-		remaining int64 // body bytes of the current message still to pass
-		hdr       [5]byte
-		hdrHave   int
-	)
+// pipe copies src to dst through fr until either fails or fr stops the
+// session; buf is reused.
+func pipe(dst, src net.Conn, fr *framer, buf []byte) (int64, error) {
+	var total int64
 	for {
-		// Carry a partial header over to the front of the buffer.
-		copy(buf, hdr[:hdrHave])
-		n, err := client.Read(buf[hdrHave:])
-		n += hdrHave
-		hdrHave = 0
-		pos, send := 0, n
-		for pos < n {
-			if remaining > 0 {
-				step := min(remaining, int64(n-pos))
-				pos += int(step)
-				remaining -= step
-				continue
-			}
-			if n-pos < 5 {
-				hdrHave = copy(hdr[:], buf[pos:n])
-				send = pos
-				break
-			}
-			typ := buf[pos]
-			length := int64(binary.BigEndian.Uint32(buf[pos+1 : pos+5]))
-			if typ == 'X' || length < 4 || (maxLen > 0 && length-4 > int64(maxLen)) {
-				if pos > 0 {
-					if _, werr := server.Write(buf[:pos]); werr != nil {
-						return total, werr
-					}
-					total += int64(pos)
+		n, err := src.Read(buf)
+		if n > 0 {
+			out, stop := fr.feed(buf[:n])
+			if len(out) > 0 {
+				if _, werr := dst.Write(out); werr != nil {
+					return total, werr
 				}
-				switch {
-				case typ == 'X':
-					return total, errClientTerminate
-				case length < 4:
-					return total, errProtocol
-				default:
-					return total, errMessageTooLarge
-				}
+				total += int64(len(out))
 			}
-			pos += 5
-			remaining = length - 4
-		}
-		if send > 0 {
-			if _, werr := server.Write(buf[:send]); werr != nil {
-				return total, werr
+			if stop != nil {
+				return total, stop
 			}
-			total += int64(send)
 		}
 		if err != nil {
 			return total, err
@@ -110,17 +59,31 @@ func forwardClient(server, client net.Conn, buf []byte, maxLen int) (int64, erro
 	}
 }
 
+// framers returns the session's client and server framers: header-only
+// framing that bounds client messages and keeps Terminate from the
+// backend, plus the tenant's notification channel namespace.
+func (s *session) framers() (fromClient, fromServer framer) {
+	ns := notify.New(s.rt.secret, s.tenantID)
+	var backendPID uint32
+	if s.backend != nil && s.backend.Conn != nil {
+		backendPID = s.backend.PID
+	}
+	fromClient = framer{fromClient: true, maxLen: s.rt.cfg.Limits.MaxMessageSize, ns: ns}
+	fromServer = framer{ns: ns, backendPID: backendPID, clientPID: s.key.pid}
+	return fromClient, fromServer
+}
+
 var errProtocol = errors.New("invalid message length from client")
 
 // clientBufferSize is the client-to-server copy buffer.
 const clientBufferSize = 16 << 10
 
-// forward moves bytes unchanged between the client and the backend until one
-// side ends; the first end wins. Server-to-client bytes are spliced without
-// parsing; client-to-server bytes are framed by header only (see
-// forwardClient). It reports whether the backend may be reset and reused:
-// true when the client ended first (Terminate or hang-up) and the backend
-// was not touched since.
+// forward moves bytes between the client and the backend until one side
+// ends; the first end wins. Both directions are framed by header (see
+// framer); only a Query, a Parse or a NotificationResponse is ever read
+// whole, to keep notification channels in the tenant's namespace. It
+// reports whether the backend may be reset and reused: true when the client
+// ended first (Terminate or hang-up) and the backend was not touched since.
 func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	client, server := s.conn, s.backend.Conn.Conn
 	if s.srv.loops != nil && isPlain(client) && isPlain(server) {
@@ -134,9 +97,10 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 		err error
 	}
 	c2sDone := make(chan c2sResult, 1)
+	fromClient, fromServer := s.framers()
 	go func() {
 		buf := make([]byte, clientBufferSize)
-		n, err := forwardClient(server, client, buf, s.rt.cfg.Limits.MaxMessageSize)
+		n, err := pipe(server, client, &fromClient, buf)
 		if first.CompareAndSwap(endNone, endClient) {
 			// Stop the other direction without closing the backend: it
 			// may serve another client after a reset.
@@ -144,7 +108,7 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 		}
 		c2sDone <- c2sResult{n, err}
 	}()
-	n, _ := copyConn(client, server)
+	n, _ := pipe(client, server, &fromServer, make([]byte, tlsCopyBuffer))
 	s.s2c = n
 	serverFirst := first.CompareAndSwap(endNone, endServer)
 	_ = s.transition(stateDraining)

@@ -61,6 +61,8 @@ type Client struct {
 	in           msgReader
 	big          []byte // body of a rewritten message larger than in.buf
 	out          []byte // the engine's own messages to the client
+	rewritten    []byte // a Query or Parse whose channels were namespaced
+	notification []byte // a NotificationResponse mapped out of the namespace
 	stmts        map[string]*clientStmt
 	unnamed      []byte // the client's unnamed statement (Parse body after the name)
 	hasUnnamed   bool
@@ -460,6 +462,11 @@ func (c *Client) extended(ctx context.Context, typ byte, msg []byte) error {
 	c.hold()
 	c.partial = true
 	st := c.st
+	if typ == 'P' && c.opts.Channels != nil {
+		if m, ok := c.opts.Channels.QueryMessage(c.rewritten[:0], msg); ok {
+			c.rewritten, msg = m, m
+		}
+	}
 	body := msg[5:]
 	switch typ {
 	case 'P':
@@ -499,6 +506,11 @@ func (c *Client) simple(ctx context.Context, typ byte, msg []byte) error {
 		}
 		c.hold()
 		c.beginSimple()
+		if typ == 'Q' && c.opts.Channels != nil {
+			if m, ok := c.opts.Channels.QueryMessage(c.rewritten[:0], msg); ok {
+				c.rewritten, msg = m, m
+			}
+		}
 		c.wst.wbuf = append(c.wst.wbuf, msg...)
 		c.expectZ(false)
 		if typ == 'Q' {

@@ -6,6 +6,7 @@ import (
 	"log/slog"
 	"time"
 
+	"github.com/vitalproxy/vitalproxy/proxy/notify"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 )
 
@@ -47,6 +48,11 @@ type Options struct {
 	// mid-transaction, and resetting a backend's session state (default
 	// DefaultCleanupTimeout). A backend that misses it is closed.
 	CleanupTimeout time.Duration
+	// Channels, when set, is the tenant's notification channel namespace:
+	// LISTEN, UNLISTEN, NOTIFY and pg_notify in the client's Query and
+	// Parse messages are moved into it, and a NotificationResponse reaches
+	// the client only from inside it (see package notify).
+	Channels *notify.Namespace
 	// Logger receives the session's log lines (default: discarded).
 	Logger *slog.Logger
 	// Hooks observe the engine for metrics.

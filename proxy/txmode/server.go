@@ -157,6 +157,13 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 				c.goAsync()
 				return loopAsync
 			}
+		case 'A':
+			if ns := c.opts.Channels; ns == nil {
+				c.toClient(st, msg)
+			} else if m, ok := ns.NotificationMessage(c.notification[:0], msg, 0, 0); ok {
+				c.notification = m
+				c.toClient(st, m)
+			}
 		case 'R', 'K', 'v':
 			c.serverLost(b, st, fmt.Errorf("%w: unexpected %q from server", errBroken, typ))
 			return loopLost

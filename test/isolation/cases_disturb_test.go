@@ -13,14 +13,17 @@ import (
 // disturbCases try to interfere with the victim's sessions.
 func disturbCases() []attackCase {
 	return []attackCase{
-		{name: "notify-into-victim-channel", category: "disturb", level: levelSQL, run: caseNotifyInto,
+		{name: "notify-into-victim-channel", category: "disturb", level: levelSQL, run: caseNotifyInto, openDirectOnly: true,
 			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can NOTIFY a channel another tenant " +
-				"listens on (NOTIFY and pg_notify need no privilege, and no privilege governs them). Closed only by " +
-				"the proxy's channel namespacing (not yet implemented)"},
-		{name: "listen-on-victim-channel", category: "disturb", level: levelSQL, run: caseListenOn,
+				"listens on (NOTIFY and pg_notify need no privilege, and no privilege governs them); the proxy's " +
+				"per-tenant channel namespace closes it"},
+		{name: "listen-on-victim-channel", category: "disturb", level: levelSQL, run: caseListenOn, openDirectOnly: true,
 			expectOpen: "LISTEN/NOTIFY channels are database-wide: any session can LISTEN on another tenant's " +
-				"channel and read its payloads (LISTEN is a statement, not a function: no privilege governs it). " +
-				"Closed only by the proxy's channel namespacing (not yet implemented)"},
+				"channel and read its payloads (LISTEN is a statement, not a function: no privilege governs it); " +
+				"the proxy's per-tenant channel namespace closes it"},
+		{name: "notify-around-the-proxy", category: "disturb", level: levelSQL, run: caseNotifyAround, openDirectOnly: true,
+			expectOpen: "LISTEN and NOTIFY run as dynamic SQL in DO blocks, out of the proxy's sight, reach any " +
+				"session; the proxy drops every notification outside the client's namespace"},
 		{name: "advisory-locks", category: "disturb", level: levelSQL, run: caseAdvisoryLocks},
 		{name: "agent-quota-lock", category: "disturb", level: levelSQL, run: caseQuotaLock},
 		{name: "cancel-terminate-backend", category: "disturb", level: levelSQL, run: caseSignalBackend},
@@ -416,3 +419,64 @@ func caseSharedRowLocks(ctx context.Context, e *env) error {
 	}
 	return f.result()
 }
+
+// caseNotifyAround names the channels where the proxy cannot see them:
+// dynamic SQL in DO blocks, on both sides. The victim listens on a raw
+// (unprefixed) channel, which the attacker then notifies raw, and the
+// attacker listens raw on a channel the victim notifies raw. Neither may
+// deliver anything across tenants. The positive control, first, shows the
+// attacker's session receives its own notifications.
+func caseNotifyAround(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	dyn := func(c *pgx.Conn, stmt string) error {
+		_, err := c.Exec(ctx, "DO $$BEGIN EXECUTE "+quoteLiteral(stmt)+"; END$$")
+		return err
+	}
+	own := "iso_own_" + randomHex(4)
+	if _, err := ac.Exec(ctx, "LISTEN "+own); err != nil {
+		return err
+	}
+	if err := selfNotify(ctx, ac, own); err != nil {
+		return fmt.Errorf("positive control: %w", err)
+	}
+	vch := "iso_raw_v_" + randomHex(4)
+	ach := "iso_raw_a_" + randomHex(4)
+	if err := dyn(vc, "LISTEN "+vch); err != nil {
+		return err
+	}
+	if err := dyn(ac, "LISTEN "+ach); err != nil {
+		return err
+	}
+	if err := dyn(ac, "NOTIFY "+vch+", 'iso-from-attacker'"); err != nil {
+		return err
+	}
+	if err := dyn(vc, "NOTIFY "+ach+", '"+e.vic.prefix+"-payload'"); err != nil {
+		return err
+	}
+	var f findings
+	for _, side := range []struct {
+		who  string
+		conn *pgx.Conn
+	}{{"victim", vc}, {"attacker", ac}} {
+		wctx, cancel := context.WithTimeout(ctx, time.Second)
+		n, err := side.conn.WaitForNotification(wctx)
+		cancel()
+		switch {
+		case err == nil:
+			f.add("the %s's session received a notification on %s from the other tenant: %q", side.who, n.Channel, n.Payload)
+		case wctx.Err() != nil:
+		default:
+			return err
+		}
+	}
+	return f.result()
+}
+
+func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
