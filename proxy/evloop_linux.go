@@ -12,6 +12,7 @@ import (
 	"sync"
 	"sync/atomic"
 	"syscall"
+	"unsafe"
 
 	"golang.org/x/sys/unix"
 )
@@ -59,6 +60,7 @@ func (g *evGroup) close() {
 // fwdResult says how a forwarded session ended.
 type fwdResult struct {
 	clientEnded bool  // the client side ended first (EOF, Terminate, error)
+	serverSplit bool  // a stream to or from the server stopped inside a message
 	err         error // errClientTerminate, errMessageTooLarge, errProtocol or an I/O error
 	c2s, s2c    int64
 }
@@ -210,7 +212,8 @@ func (l *evLoop) finish(j *fwdJob, clientEnded bool, err error) {
 		_ = unix.EpollCtl(l.epfd, unix.EPOLL_CTL_DEL, fd, nil)
 		delete(l.jobs, fd)
 	}
-	j.done <- fwdResult{clientEnded: clientEnded, err: err, c2s: j.c2s, s2c: j.s2c}
+	j.done <- fwdResult{clientEnded: clientEnded, err: err, c2s: j.c2s, s2c: j.s2c,
+		serverSplit: j.fromServer.midMessage() || j.fromClient.midMessage() || len(j.toServer) > 0}
 }
 
 // pump reads what fd has and passes it on to its peer.
@@ -220,7 +223,7 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 	if !fromClient {
 		peer, fr = j.clientFd, &j.fromServer
 	}
-	n, err := unix.Read(fd, l.buf)
+	n, err := rawRead(fd, l.buf)
 	if err == unix.EAGAIN || err == unix.EINTR {
 		return
 	}
@@ -250,6 +253,31 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 
 var errEOF = errors.New("EOF")
 
+// rawRead and rawWrite are read(2) and write(2) on the loop's non-blocking
+// sockets without the scheduler's syscall bookkeeping (entersyscall and
+// exitsyscall), which a call that cannot block does not need.
+func rawRead(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+func rawWrite(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
 // write sends data to fd, keeping what the socket does not take and
 // pausing the source until it drains. It reports false when the job ended.
 func (l *evLoop) write(j *fwdJob, fd int, data []byte) bool {
@@ -264,7 +292,7 @@ func (l *evLoop) write(j *fwdJob, fd int, data []byte) bool {
 		return true
 	}
 	for len(data) > 0 {
-		n, err := unix.Write(fd, data)
+		n, err := rawWrite(fd, data)
 		if err == unix.EINTR {
 			continue
 		}
@@ -293,7 +321,7 @@ func (l *evLoop) flush(j *fwdJob, fd int) {
 		src = j.serverFd
 	}
 	for len(*pending) > 0 {
-		n, err := unix.Write(fd, *pending)
+		n, err := rawWrite(fd, *pending)
 		if err == unix.EINTR {
 			continue
 		}
@@ -401,7 +429,9 @@ func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
 		tell(codeProtocolViolation, "invalid message length")
 	default:
 		reason = reasonClientClosed
-		reusable = true
+		// A backend whose stream stopped inside a message (or with bytes
+		// still owed to it) is out of step: not worth a reset.
+		reusable = !res.serverSplit
 	}
 	unix.Close(cfd)
 	if reusable {

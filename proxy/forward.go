@@ -138,7 +138,7 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 		s.sendFatal(fatal(codeProtocolViolation, "invalid message length", ""))
 	default:
 		reason = reasonClientClosed
-		reusable = true
+		reusable = !fromServer.midMessage() && !fromClient.midMessage()
 	}
 	_ = client.Close()
 	_ = server.SetReadDeadline(time.Time{})

@@ -138,6 +138,9 @@ func (f *framer) feed(data []byte) ([]byte, error) {
 	return result(n), nil
 }
 
+// midMessage reports whether the stream stopped inside a message.
+func (f *framer) midMessage() bool { return f.remaining > 0 || f.hdrLen > 0 || f.want > 0 }
+
 // header checks a message header and says whether the message must be
 // read whole, and its body length.
 func (f *framer) header(h []byte) (whole bool, body int, err error) {
