@@ -1,6 +1,7 @@
 package proxy
 
 import (
+	"bufio"
 	"context"
 	"crypto/rand"
 	"errors"
@@ -10,6 +11,7 @@ import (
 	"regexp"
 	"sort"
 	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgconn"
@@ -163,15 +165,27 @@ func exchange(ctx context.Context, conn net.Conn, buf []byte, next func(typ byte
 	if _, err := conn.Write(buf); err != nil {
 		return err
 	}
+	// Buffered: a reply of several messages costs one read, not two per
+	// message. The conversation ends at a ReadyForQuery after which the
+	// server sends nothing unasked, so nothing is left in the buffer.
+	br := exchangeReaders.Get().(*bufio.Reader)
+	br.Reset(conn)
+	defer func() {
+		br.Reset(nil)
+		exchangeReaders.Put(br)
+	}()
 	var hdr [5]byte
 	var body []byte
 	for {
-		typ, b, err := readServerMessage(conn, &hdr, body)
+		typ, b, err := readServerMessage(br, &hdr, body)
 		if err != nil {
 			return err
 		}
 		body = b
 		if done, err := next(typ, body); done {
+			if err == nil && br.Buffered() > 0 {
+				return errors.New("server sent more than the exchange asked for")
+			}
 			return err
 		}
 	}
@@ -211,7 +225,9 @@ func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func
 // larger one (a leftover result) is skipped without buffering it.
 const maxServerMessage = 1 << 20
 
-func readServerMessage(conn net.Conn, hdr *[5]byte, buf []byte) (byte, []byte, error) {
+var exchangeReaders = sync.Pool{New: func() any { return bufio.NewReaderSize(nil, 4096) }}
+
+func readServerMessage(conn io.Reader, hdr *[5]byte, buf []byte) (byte, []byte, error) {
 	if _, err := io.ReadFull(conn, hdr[:]); err != nil {
 		return 0, nil, err
 	}

@@ -144,7 +144,14 @@ func (l *evLoop) run() {
 	defer runtime.UnlockOSThread()
 	events := make([]unix.EpollEvent, 128)
 	for {
-		n, err := unix.EpollWait(l.epfd, events, -1)
+		// Under load the next events are usually there already: a poll
+		// that cannot block skips the scheduler's syscall bookkeeping, in
+		// which a blocking wait may lose the thread's P and have to wait
+		// for one back. Only when nothing is ready does the loop block.
+		n, err := epollPoll(l.epfd, events)
+		if err == nil && n == 0 {
+			n, err = unix.EpollWait(l.epfd, events, -1)
+		}
 		if err != nil {
 			if errors.Is(err, unix.EINTR) {
 				continue
@@ -252,6 +259,16 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 }
 
 var errEOF = errors.New("EOF")
+
+// epollPoll is epoll_wait with a zero timeout, without the scheduler's
+// syscall bookkeeping (it cannot block).
+func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
+	n, _, e := unix.RawSyscall6(unix.SYS_EPOLL_PWAIT, uintptr(epfd), uintptr(unsafe.Pointer(&events[0])), uintptr(len(events)), 0, 0, 0)
+	if e != 0 {
+		return 0, e
+	}
+	return int(n), nil
+}
 
 // rawRead and rawWrite are read(2) and write(2) on the loop's non-blocking
 // sockets without the scheduler's syscall bookkeeping (entersyscall and
