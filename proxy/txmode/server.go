@@ -245,7 +245,9 @@ func (c *Client) streamToClient(st *serverState, n int) error {
 	in := &st.in
 	typ := in.buf[in.r]
 	switch typ {
-	case 'Z', '1', '3', 'C', 'S', 'G', 'W', 'R', 'K', 'v':
+	case 'Z', '1', '3', 'C', 'S', 'G', 'W', 'R', 'K', 'v', 'A':
+		// A NotificationResponse this long is not PostgreSQL's, and must
+		// not pass unread (see Options.Channels).
 		return fmt.Errorf("%w: message %q of %d bytes from server", errBroken, typ, n)
 	}
 	st.cbuf = append(st.cbuf, in.buf[in.r:in.r+5]...)
