@@ -241,3 +241,38 @@ func BenchmarkOwnPortsTo(b *testing.B) {
 		}
 	}
 }
+
+// TestSummaryPeerByMode: each proxy endpoint is compared with the PgBouncer
+// endpoint of its own pool mode, whatever the endpoints are called.
+func TestSummaryPeerByMode(t *testing.T) {
+	rep := &report{
+		Options:   options{repeats: 1},
+		Workloads: []string{"w"},
+		Endpoints: []endpointInfo{
+			{Name: "vitalproxy", Kind: "vitalproxy", Mode: "session"},
+			{Name: "vitalproxy-tx", Kind: "vitalproxy", Mode: "transaction"},
+			{Name: "pgbouncer-session", Kind: "pgbouncer", Mode: "session"},
+			{Name: "pgbouncer-tx", Kind: "pgbouncer", Mode: "transaction"},
+		},
+		Results: []runResult{
+			{Workload: "w", Endpoint: "vitalproxy", Round: 1, Status: "ok", TPS: 110},
+			{Workload: "w", Endpoint: "vitalproxy-tx", Round: 1, Status: "ok", TPS: 90},
+			{Workload: "w", Endpoint: "pgbouncer-session", Round: 1, Status: "ok", TPS: 100},
+			{Workload: "w", Endpoint: "pgbouncer-tx", Round: 1, Status: "ok", TPS: 100},
+		},
+	}
+	rep.summarize()
+	want := map[string]struct {
+		peer  string
+		ratio float64
+	}{"vitalproxy": {"pgbouncer-session", 1.1}, "vitalproxy-tx": {"pgbouncer-tx", 0.9}}
+	for _, row := range rep.Rows {
+		w, ok := want[row.Endpoint]
+		if !ok {
+			continue
+		}
+		if row.Peer != w.peer || math.Abs(row.XPeer.Med-w.ratio) > 1e-9 {
+			t.Errorf("%s: peer %q x %v, want %q x %v", row.Endpoint, row.Peer, row.XPeer.Med, w.peer, w.ratio)
+		}
+	}
+}

@@ -111,16 +111,22 @@ func (r *report) summarize() {
 	for _, res := range r.Results {
 		byKey[key{res.Workload, res.Endpoint, res.Round}] = res
 	}
-	has := func(name string) bool {
-		return slices.ContainsFunc(r.Endpoints, func(e endpointInfo) bool { return e.Name == name })
+	// peerOf names the PgBouncer endpoint of e's pool mode, if one ran.
+	peerOf := func(e endpointInfo) string {
+		for _, p := range r.Endpoints {
+			if p.Kind == "pgbouncer" && p.Mode == e.Mode {
+				return p.Name
+			}
+		}
+		return ""
 	}
 	r.Rows = nil
 	warned := map[string]bool{}
 	for _, w := range r.Workloads {
 		for _, e := range r.Endpoints {
 			row := summaryRow{Workload: w, Endpoint: e.Name, ServerConns: -1}
-			if e.Kind == "vitalproxy" && has("pgbouncer-"+e.Mode) {
-				row.Peer = "pgbouncer-" + e.Mode
+			if e.Kind == "vitalproxy" {
+				row.Peer = peerOf(e)
 			}
 			var tps, lat, conn, cpu, xd, xp, foreign []float64
 			for round := 1; round <= r.Options.repeats; round++ {
