@@ -270,14 +270,16 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
-// rawRead and rawWrite are read(2) and write(2) on the loop's non-blocking
-// sockets without the scheduler's syscall bookkeeping (entersyscall and
-// exitsyscall), which a call that cannot block does not need.
+// rawRead and rawWrite receive and send on the loop's non-blocking sockets
+// without the scheduler's syscall bookkeeping (entersyscall and
+// exitsyscall), which a call that cannot block does not need. They use
+// recvfrom and sendto, which reach the socket without the file layer that
+// read and write pass through.
 func rawRead(fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_READ, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
@@ -288,7 +290,7 @@ func rawWrite(fd int, p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
-	n, _, e := unix.RawSyscall(unix.SYS_WRITE, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)))
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
 	if e != 0 {
 		return -1, e
 	}
