@@ -8,7 +8,6 @@ import (
 	"fmt"
 	"net"
 	"os"
-	"runtime"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -18,12 +17,12 @@ import (
 )
 
 // The event loops forward session-mode bytes between plain sockets the way
-// PgBouncer does: a few OS threads, each blocked in epoll_wait for many
-// sessions, read a socket that is ready and write what they read to its
-// peer. Per message that is one read and one write system call, with no
-// speculative read that finds nothing, no goroutine wake-up and no
-// user-space copy beyond one shared buffer per loop. TLS sessions keep the
-// goroutine copy (see forward).
+// PgBouncer does: each loop owns an epoll set of many sessions, reads a
+// socket that is ready and writes what it read to its peer. Per message
+// that is one receive and one send system call, with no speculative read
+// that finds nothing, no goroutine wake-up per session and no user-space
+// copy beyond one shared buffer per loop. TLS sessions keep the goroutine
+// copy (see forward).
 
 // loopBufferSize is each loop's read buffer, shared by its sessions.
 const loopBufferSize = 64 << 10
@@ -81,6 +80,8 @@ type fwdJob struct {
 
 type evLoop struct {
 	epfd, wakeFd int
+	epoll        *os.File // epfd, registered with Go's poller
+	rc           syscall.RawConn
 	mu           sync.Mutex
 	adds         []*fwdJob
 	quit         bool
@@ -104,7 +105,20 @@ func newEvLoop() (*evLoop, error) {
 		unix.Close(wfd)
 		return nil, fmt.Errorf("epoll_ctl: %w", err)
 	}
-	l := &evLoop{epfd: epfd, wakeFd: wfd, jobs: map[int]*fwdJob{}, buf: make([]byte, loopBufferSize)}
+	// The set is waited for in Go's poller, which needs it non-blocking.
+	if err := unix.SetNonblock(epfd, true); err != nil {
+		unix.Close(epfd)
+		unix.Close(wfd)
+		return nil, fmt.Errorf("epoll set: %w", err)
+	}
+	epoll := os.NewFile(uintptr(epfd), "epoll")
+	rc, err := epoll.SyscallConn()
+	if err != nil {
+		epoll.Close()
+		unix.Close(wfd)
+		return nil, fmt.Errorf("epoll set: %w", err)
+	}
+	l := &evLoop{epfd: epfd, epoll: epoll, rc: rc, wakeFd: wfd, jobs: map[int]*fwdJob{}, buf: make([]byte, loopBufferSize)}
 	l.wg.Add(1)
 	go l.run()
 	return l, nil
@@ -139,48 +153,64 @@ func (l *evLoop) stop() {
 
 func (l *evLoop) run() {
 	defer l.wg.Done()
-	// The thread blocks in epoll_wait; keep it to this loop.
-	runtime.LockOSThread()
-	defer runtime.UnlockOSThread()
+	defer unix.Close(l.wakeFd)
+	defer l.epoll.Close()
 	events := make([]unix.EpollEvent, 128)
-	for {
-		// Under load the next events are usually there already: a poll
-		// that cannot block skips the scheduler's syscall bookkeeping, in
-		// which a blocking wait may lose the thread's P and have to wait
-		// for one back. Only when nothing is ready does the loop block.
-		n, err := epollPoll(l.epfd, events)
-		if err == nil && n == 0 {
-			n, err = unix.EpollWait(l.epfd, events, -1)
+	// The loop waits for its epoll set in Go's own network poller (the set
+	// is itself a pollable descriptor): a parked goroutine rather than a
+	// thread blocked in epoll_wait, which the runtime's monitor would keep
+	// waking up to take back its P. The callback runs with the set's
+	// readiness reset, so an event that arrives after its last poll found
+	// nothing wakes it again: none is lost.
+	stopped := false
+	err := l.rc.Read(func(uintptr) bool {
+		for {
+			n, err := epollPoll(l.epfd, events)
+			switch {
+			case errors.Is(err, unix.EINTR):
+				continue
+			case err != nil:
+				l.failAll(err)
+				stopped = true
+				return true
+			case n == 0:
+				return false
+			}
+			if l.dispatch(events[:n]) {
+				l.failAll(net.ErrClosed)
+				stopped = true
+				return true
+			}
 		}
-		if err != nil {
-			if errors.Is(err, unix.EINTR) {
-				continue
+	})
+	if err != nil && !stopped {
+		l.failAll(err)
+	}
+}
+
+// dispatch handles a batch of events; it reports whether the loop must
+// stop.
+func (l *evLoop) dispatch(events []unix.EpollEvent) bool {
+	for _, ev := range events {
+		fd := int(ev.Fd)
+		if fd == l.wakeFd {
+			if l.drainWake() {
+				return true
 			}
-			l.failAll(err)
-			return
+			continue
 		}
-		for i := range n {
-			ev := events[i]
-			fd := int(ev.Fd)
-			if fd == l.wakeFd {
-				if l.drainWake() {
-					l.failAll(net.ErrClosed)
-					return
-				}
-				continue
-			}
-			j := l.jobs[fd]
-			if j == nil || j.finished {
-				continue
-			}
-			if ev.Events&unix.EPOLLOUT != 0 {
-				l.flush(j, fd)
-			}
-			if !j.finished && ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
-				l.pump(j, fd)
-			}
+		j := l.jobs[fd]
+		if j == nil || j.finished {
+			continue
+		}
+		if ev.Events&unix.EPOLLOUT != 0 {
+			l.flush(j, fd)
+		}
+		if !j.finished && ev.Events&(unix.EPOLLIN|unix.EPOLLHUP|unix.EPOLLERR|unix.EPOLLRDHUP) != 0 {
+			l.pump(j, fd)
 		}
 	}
+	return false
 }
 
 // drainWake registers new jobs; it reports whether the loop must stop.
