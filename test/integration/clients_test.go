@@ -284,6 +284,21 @@ func TestTLSBothSides(t *testing.T) {
 	if err := conn.QueryRow(ctx, "SELECT repeat('t', 3000000)").Scan(&s); err != nil || len(s) != 3000000 {
 		t.Fatalf("large value over TLS: %d %v", len(s), err)
 	}
+	// Notifications over TLS stay in the tenant's namespace: the own
+	// channel arrives under its own name, another tenant's never does.
+	other := connectURL(t, strings.Replace(url, "alice:alice-pw", "bob:bob-pw", 1))
+	if _, err := conn.Exec(ctx, "LISTEN tls_chan"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := other.Exec(ctx, "NOTIFY tls_chan, 'foreign'"); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := conn.Exec(ctx, "SELECT pg_notify('tls_chan', 'own')"); err != nil {
+		t.Fatal(err)
+	}
+	if ch, payload, _ := nextNotification(t, ctx, conn); ch != "tls_chan" || payload != "own" {
+		t.Fatalf("over TLS: got %q on %q, want %q on %q", payload, ch, "own", "tls_chan")
+	}
 	// A cancel over TLS reaches the TLS backend.
 	errc := make(chan error, 1)
 	go func() { _, err := conn.Exec(ctx, "SELECT pg_sleep(600)"); errc <- err }()
