@@ -258,17 +258,21 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 // for the next client of the same role: whatever the client left (a COPY, a
 // half-sent extended query, an open transaction, session state) is ended,
 // resetQuery (DISCARD ALL by default) runs, and the tenant context is
-// asserted again. The client's protocol state is unknown, so the last query
-// returns a random marker and the reset waits for it.
-func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string) error {
+// asserted again. The client's protocol state may be unknown, so the last
+// query returns a random marker and the reset waits for it. idle says the
+// forwarding saw the server answer everything and report itself idle
+// outside a transaction: then there is nothing to end first.
+func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string, idle bool) error {
 	if !uuidPattern.MatchString(tenantID) {
 		return fmt.Errorf("tenant id %q is not a uuid", tenantID)
 	}
 	marker := newMarker()
 	var buf []byte
-	buf, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(buf)
-	buf, _ = (&pgproto3.Sync{}).Encode(buf)
-	buf, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(buf)
+	if !idle {
+		buf, _ = (&pgproto3.CopyFail{Message: "client disconnected"}).Encode(buf)
+		buf, _ = (&pgproto3.Sync{}).Encode(buf)
+		buf, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(buf)
+	}
 	if resetQuery != "" {
 		buf, _ = (&pgproto3.Query{String: resetQuery}).Encode(buf)
 	}

@@ -60,6 +60,7 @@ func (g *evGroup) close() {
 type fwdResult struct {
 	clientEnded bool  // the client side ended first (EOF, Terminate, error)
 	serverSplit bool  // a stream to or from the server stopped inside a message
+	idle        bool  // the server answered everything and is idle (see idleAfter)
 	err         error // errClientTerminate, errMessageTooLarge, errProtocol or an I/O error
 	c2s, s2c    int64
 }
@@ -250,7 +251,8 @@ func (l *evLoop) finish(j *fwdJob, clientEnded bool, err error) {
 		delete(l.jobs, fd)
 	}
 	j.done <- fwdResult{clientEnded: clientEnded, err: err, c2s: j.c2s, s2c: j.s2c,
-		serverSplit: j.fromServer.midMessage() || j.fromClient.midMessage() || len(j.toServer) > 0}
+		serverSplit: j.fromServer.midMessage() || j.fromClient.midMessage() || len(j.toServer) > 0,
+		idle:        idleAfter(&j.fromClient, &j.fromServer)}
 }
 
 // pump reads what fd has and passes it on to its peer.
@@ -481,6 +483,7 @@ func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
 		// A backend whose stream stopped inside a message (or with bytes
 		// still owed to it) is out of step: not worth a reset.
 		reusable = !res.serverSplit
+		s.idleAtEnd = res.idle
 	}
 	unix.Close(cfd)
 	if reusable {

@@ -69,7 +69,8 @@ func (s *session) framers() (fromClient, fromServer framer) {
 		backendPID = s.backend.PID
 	}
 	fromClient = framer{fromClient: true, maxLen: s.rt.cfg.Limits.MaxMessageSize, ns: ns}
-	fromServer = framer{ns: ns, backendPID: backendPID, clientPID: s.key.pid}
+	// The proxy consumed the backend's ReadyForQuery before handing over.
+	fromServer = framer{ns: ns, backendPID: backendPID, clientPID: s.key.pid, status: 'I'}
 	return fromClient, fromServer
 }
 
@@ -139,6 +140,7 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	default:
 		reason = reasonClientClosed
 		reusable = !fromServer.midMessage() && !fromClient.midMessage()
+		s.idleAtEnd = idleAfter(&fromClient, &fromServer)
 	}
 	_ = client.Close()
 	_ = server.SetReadDeadline(time.Time{})

@@ -36,6 +36,16 @@ type framer struct {
 	msg       []byte // a message being read whole across reads
 	want      int    // its full size; 0 when none
 	out       []byte // output when data had to be changed
+
+	// What the conversation owes, so that a reset knows whether the
+	// backend is idle: requests the server answers with a ReadyForQuery
+	// and extended-protocol messages since the last Sync (client side),
+	// ReadyForQuery messages and the last one's transaction status
+	// (server side).
+	requests   int64
+	extPending bool
+	readies    int64
+	status     byte
 }
 
 // feed takes the next bytes of the stream and returns what to pass on:
@@ -138,6 +148,15 @@ func (f *framer) feed(data []byte) ([]byte, error) {
 	return result(n), nil
 }
 
+// idleAfter reports whether, by the count of a session's client and server
+// framers, the server answered every request the client sent and is idle
+// outside a transaction: a reset then need not end a transaction, a COPY
+// or a half-sent extended query.
+func idleAfter(client, server *framer) bool {
+	return !client.midMessage() && !server.midMessage() && !client.extPending &&
+		server.readies == client.requests && server.status == 'I'
+}
+
 // midMessage reports whether the stream stopped inside a message.
 func (f *framer) midMessage() bool { return f.remaining > 0 || f.hdrLen > 0 || f.want > 0 }
 
@@ -149,10 +168,10 @@ func (f *framer) header(h []byte) (whole bool, body int, err error) {
 	if !f.fromClient {
 		// A notification's payload is at most 8000 bytes: a longer one is
 		// not PostgreSQL's, and must not pass unread.
-		if length < 4 || typ == 'A' && length-4 > inspectLimit {
+		if length < 4 || (typ == 'A' || typ == 'Z') && length-4 > inspectLimit {
 			return false, 0, errServerProtocol
 		}
-		return typ == 'A' && f.ns != nil, int(length - 4), nil
+		return typ == 'A' && f.ns != nil || typ == 'Z', int(length - 4), nil
 	}
 	switch {
 	case typ == 'X':
@@ -161,6 +180,15 @@ func (f *framer) header(h []byte) (whole bool, body int, err error) {
 		return false, 0, errProtocol
 	case f.maxLen > 0 && length-4 > int64(f.maxLen):
 		return false, 0, errMessageTooLarge
+	}
+	switch typ {
+	case 'Q', 'F':
+		f.requests++
+	case 'S':
+		f.requests++
+		f.extPending = false
+	case 'P', 'B', 'D', 'E', 'C', 'H':
+		f.extPending = true
 	}
 	whole = (typ == 'Q' || typ == 'P') && f.ns != nil && length > 4 && length-4 <= inspectLimit
 	return whole, int(length - 4), nil
@@ -181,6 +209,14 @@ func (f *framer) edit(msg []byte) ([]byte, bool) {
 	if f.fromClient {
 		out, ok := f.ns.QueryMessage(scratch, msg)
 		return out, ok
+	}
+	if msg[0] == 'Z' {
+		f.readies++
+		f.status = 0
+		if len(msg) == 6 {
+			f.status = msg[5]
+		}
+		return nil, false
 	}
 	out, ok := f.ns.NotificationMessage(scratch, msg, f.backendPID, f.clientPID)
 	if !ok {

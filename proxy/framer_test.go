@@ -169,3 +169,42 @@ func FuzzFrame(f *testing.F) {
 		}
 	})
 }
+
+// TestIdleAfter: a reset may skip ending what the client left only when
+// every request was answered and the last answer reported an idle backend.
+func TestIdleAfter(t *testing.T) {
+	q := msg('Q', "SELECT 1\x00")
+	ready := func(status byte) []byte { return msg('Z', string([]byte{status})) }
+	ext := cat(msg('P', "\x00SELECT 1\x00\x00\x00"), msg('B', "\x00\x00\x00\x00\x00\x00\x00\x00"), msg('E', "\x00\x00\x00\x00\x00"))
+	tests := []struct {
+		name           string
+		client, server []byte
+		want           bool
+	}{
+		{"nothing sent", nil, nil, true},
+		{"query answered", q, cat(msg('C', "SELECT 1\x00"), ready('I')), true},
+		{"inside a transaction", msg('Q', "BEGIN\x00"), cat(msg('C', "BEGIN\x00"), ready('T')), false},
+		{"failed transaction", q, ready('E'), false},
+		{"query not answered yet", q, nil, false},
+		{"pipelined, one answered", cat(q, q), ready('I'), false},
+		{"extended without Sync", ext, nil, false},
+		{"extended synced and answered", cat(ext, msg('S', "")), cat(msg('1', ""), msg('2', ""), msg('C', "SELECT 1\x00"), ready('I')), true},
+		{"copy in progress", msg('Q', "COPY t FROM STDIN\x00"), msg('G', "\x00\x00\x00"), false},
+		{"server stream cut inside a message", q, cat(msg('C', "SELECT 1\x00"), ready('I'), []byte{'D', 0, 0}), false},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			c := &framer{fromClient: true}
+			s := &framer{status: 'I'}
+			if _, err := feedAll(c, tc.client, []int{3, 1}); err != nil {
+				t.Fatal(err)
+			}
+			if _, err := feedAll(s, tc.server, []int{1, 5, 2}); err != nil {
+				t.Fatal(err)
+			}
+			if got := idleAfter(c, s); got != tc.want {
+				t.Errorf("idleAfter = %v, want %v", got, tc.want)
+			}
+		})
+	}
+}

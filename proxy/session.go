@@ -97,6 +97,9 @@ type session struct {
 	backend *pool.Backend
 	// tenantID is asserted again when the backend is reset for reuse.
 	tenantID string
+	// idleAtEnd: when forwarding ended, the backend had answered every
+	// request and was idle outside a transaction (see idleAfter).
+	idleAtEnd bool
 	// loopServerFd and loopClientFd are the descriptors an event loop
 	// forwards, or -1.
 	loopServerFd, loopClientFd int
@@ -215,12 +218,12 @@ func (s *session) recycle(reusable bool) {
 		s.srv.pool.Release(b, false)
 		return
 	}
-	resetQuery, tenantID := s.rt.cfg.Pool.ResetQuery, s.tenantID
+	resetQuery, tenantID, idle := s.rt.cfg.Pool.ResetQuery, s.tenantID, s.idleAtEnd
 	srv := s.srv
 	srv.recycling.Add(1)
 	go func() {
 		defer srv.recycling.Done()
-		err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID)
+		err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle)
 		if err != nil {
 			srv.metrics.resets.WithLabelValues("failure").Inc()
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
