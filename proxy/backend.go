@@ -9,6 +9,7 @@ import (
 	"io"
 	"net"
 	"regexp"
+	"slices"
 	"sort"
 	"strings"
 	"sync"
@@ -108,27 +109,17 @@ func paramsOf(b *pool.Backend) map[string]string {
 	return m
 }
 
-// applySettings sets the client's allow-listed startup settings on the
-// backend with one simple query and merges the ParameterStatus values the
-// server reports into params. Names come from the allow-list; values are
-// quoted as literals.
-func applySettings(ctx context.Context, conn net.Conn, settings map[string]string, params map[string]string) error {
-	if len(settings) == 0 {
-		return nil
+// applySettings moves the backend's settings from what a reset left
+// (from, lower-case names; nil for the server's defaults) to the client's
+// allow-listed startup settings (to) with one simple query, if they
+// differ, and merges the ParameterStatus values the server reports into
+// params. Names come from the allow-list; values are quoted as literals.
+func applySettings(ctx context.Context, conn net.Conn, from, to map[string]string, params map[string]string) error {
+	q, err := settingsQuery(from, to)
+	if err != nil || q == "" {
+		return err
 	}
-	names := make([]string, 0, len(settings))
-	for k := range settings {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	var q strings.Builder
-	for _, k := range names {
-		if !settingName.MatchString(k) {
-			return fmt.Errorf("refusing setting name %q", k)
-		}
-		fmt.Fprintf(&q, "SET %s = %s;", k, quoteLiteral(settings[k]))
-	}
-	buf, _ := (&pgproto3.Query{String: q.String()}).Encode(nil)
+	buf, _ := (&pgproto3.Query{String: q}).Encode(nil)
 	return roundTrip(ctx, conn, buf, 1, func(typ byte, body []byte) error {
 		if typ == 'S' {
 			var ps pgproto3.ParameterStatus
@@ -138,6 +129,49 @@ func applySettings(ctx context.Context, conn net.Conn, settings map[string]strin
 		}
 		return nil
 	})
+}
+
+// settingsQuery returns the statements that move a backend's settings from
+// from to to: RESET for what to drops, SET for what it adds or changes;
+// "" when there is nothing to do.
+func settingsQuery(from, to map[string]string) (string, error) {
+	names := make([]string, 0, len(from)+len(to))
+	for k := range from {
+		if _, ok := to[k]; !ok {
+			names = append(names, k)
+		}
+	}
+	for k, v := range to {
+		if cur, ok := from[k]; !ok || cur != v {
+			names = append(names, k)
+		}
+	}
+	sort.Strings(names)
+	var q strings.Builder
+	for _, k := range names {
+		if !settingName.MatchString(k) {
+			return "", fmt.Errorf("refusing setting name %q", k)
+		}
+		if v, ok := to[k]; ok {
+			fmt.Fprintf(&q, "SET %s = %s;", k, quoteLiteral(v))
+		} else {
+			fmt.Fprintf(&q, "RESET %s;", k)
+		}
+	}
+	return q.String(), nil
+}
+
+// lowerKeys returns m with lower-case keys (setting names are
+// case-insensitive), or nil when m is empty.
+func lowerKeys(m map[string]string) map[string]string {
+	if len(m) == 0 {
+		return nil
+	}
+	out := make(map[string]string, len(m))
+	for k, v := range m {
+		out[strings.ToLower(k)] = v
+	}
+	return out
 }
 
 var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
@@ -262,9 +296,15 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 // query returns a random marker and the reset waits for it. idle says the
 // forwarding saw the server answer everything and report itself idle
 // outside a transaction: then there is nothing to end first.
-func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string, idle bool) error {
+//
+// keep (lower-case names) are the client's startup settings, applied again
+// after resetQuery so that the next client with the same ones needs no
+// round trip of its own; the caller passes them only when resetQuery is
+// DISCARD ALL. It returns the ParameterStatus values the server reported
+// during the reset, latest last.
+func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string, idle bool, keep map[string]string) (map[string]string, error) {
 	if !uuidPattern.MatchString(tenantID) {
-		return fmt.Errorf("tenant id %q is not a uuid", tenantID)
+		return nil, fmt.Errorf("tenant id %q is not a uuid", tenantID)
 	}
 	marker := newMarker()
 	var buf []byte
@@ -273,33 +313,64 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 		buf, _ = (&pgproto3.Sync{}).Encode(buf)
 		buf, _ = (&pgproto3.Query{String: "ROLLBACK"}).Encode(buf)
 	}
+	// The reset's own statements, each of which must succeed: the
+	// ReadyForQuery segments just before the marker's are theirs.
+	own := 0
 	if resetQuery != "" {
 		buf, _ = (&pgproto3.Query{String: resetQuery}).Encode(buf)
+		own++
+	}
+	if len(keep) > 0 {
+		q, err := settingsQuery(nil, keep)
+		if err != nil {
+			return nil, err
+		}
+		buf, _ = (&pgproto3.Query{String: q}).Encode(buf)
+		own++
 	}
 	// The marker reports whether the session still runs as its login role.
 	buf, _ = (&pgproto3.Query{String: fmt.Sprintf(
 		"SELECT public.set_tenant_context('%s'), '%s' || CASE WHEN current_user = session_user THEN ':ok' ELSE ':role-changed' END",
 		tenantID, marker)}).Encode(buf)
 
-	seen := false
-	var failure error
-	return exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
+	var (
+		seen     bool
+		failure  error
+		segErr   bool   // an ErrorResponse since the last ReadyForQuery
+		segments []bool // whether each finished segment had one, latest last
+		reported = map[string]string{}
+	)
+	err := exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
 		switch {
+		case typ == 'S':
+			var ps pgproto3.ParameterStatus
+			if err := ps.Decode(body); err == nil {
+				reported[ps.Name] = ps.Value
+			}
 		case typ == 'D' && strings.Contains(string(body), marker):
 			seen = true
 			if !strings.Contains(string(body), marker+":ok") {
 				failure = errors.New("backend no longer runs as its login role")
 			}
+			if len(segments) < own || slices.Contains(segments[len(segments)-own:], true) {
+				failure = errors.New("reset statement failed")
+			}
 		case typ == 'E' && seen:
 			failure = errors.New("reset failed")
+		case typ == 'E':
+			segErr = true
 		case typ == 'Z' && seen:
 			if failure == nil && (len(body) != 1 || body[0] != 'I') {
 				failure = errors.New("backend is not idle after reset")
 			}
 			return true, failure
+		case typ == 'Z':
+			segments = append(segments, segErr)
+			segErr = false
 		}
 		return false, nil
 	})
+	return reported, err
 }
 
 func newMarker() string {

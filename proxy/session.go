@@ -12,6 +12,7 @@ import (
 	"log/slog"
 	"net"
 	"sort"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"syscall"
@@ -100,6 +101,9 @@ type session struct {
 	// idleAtEnd: when forwarding ended, the backend had answered every
 	// request and was idle outside a transaction (see idleAfter).
 	idleAtEnd bool
+	// settings are the client's startup settings as applied (lower-case
+	// names); the reset applies them again for the next client.
+	settings map[string]string
 	// loopServerFd and loopClientFd are the descriptors an event loop
 	// forwards, or -1.
 	loopServerFd, loopClientFd int
@@ -219,17 +223,25 @@ func (s *session) recycle(reusable bool) {
 		return
 	}
 	resetQuery, tenantID, idle := s.rt.cfg.Pool.ResetQuery, s.tenantID, s.idleAtEnd
+	// Only DISCARD ALL is known to bring every setting back to the role's
+	// defaults, on top of which the client's own can be applied again.
+	var keep map[string]string
+	if strings.EqualFold(strings.TrimSpace(resetQuery), "DISCARD ALL") {
+		keep = s.settings
+	}
 	srv := s.srv
 	srv.recycling.Add(1)
 	go func() {
 		defer srv.recycling.Done()
-		err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle)
+		reported, err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
 		if err != nil {
 			srv.metrics.resets.WithLabelValues("failure").Inc()
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
 		} else {
 			srv.metrics.resets.WithLabelValues("ok").Inc()
 			b.Data = nil
+			b.Settings = keep
+			b.Reported = reported
 		}
 		srv.pool.Release(b, err == nil)
 	}()
@@ -513,8 +525,16 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if s.forced.Load() {
 		return reasonNone, net.ErrClosed
 	}
+	// A reset may have left the previous client's settings applied: the
+	// server reported where they stand.
 	serverParams := paramsOf(b)
-	if err := applySettings(ctx, b.Conn, params.runtime, serverParams); err != nil {
+	for k, v := range b.Reported {
+		serverParams[k] = v
+	}
+	from := b.Settings
+	b.Settings, b.Reported = nil, nil
+	s.settings = lowerKeys(params.runtime)
+	if err := applySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
 			return reasonNone, newClientError(reasonParamRefused, pgErr.Code, err, "%s", pgErr.Message)

@@ -74,6 +74,13 @@ type Backend struct {
 	Reused bool
 	// Data is free for the borrower (e.g. which settings were applied).
 	Data any
+	// Settings and Reported are what a session-mode reset left on the
+	// backend for its next borrower: settings applied beyond the role's
+	// defaults (lower-case names, as SET) and the latest values the
+	// server reported since login (ParameterStatus). Both nil: the
+	// server's defaults. A borrower that takes the backend over clears
+	// them.
+	Settings, Reported map[string]string
 }
 
 // Reason says why a backend was closed.

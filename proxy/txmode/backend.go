@@ -46,6 +46,10 @@ type serverState struct {
 	// fatal is the message of a FATAL error the server sent before dying.
 	fatal string
 
+	// foreign: the backend carries settings the engine cannot represent;
+	// it is not used.
+	foreign bool
+
 	idleSince time.Time
 	// deadline: a read deadline was set to bound a cleanup.
 	deadline bool
@@ -67,6 +71,19 @@ func stateOf(b *pool.Backend) *serverState {
 	for _, p := range b.Params {
 		st.params[p.Name] = p.Value
 	}
+	// A session-mode reset may have left its client's settings applied:
+	// adopt them, so that apply moves from them to what a client wants.
+	for k, v := range b.Reported {
+		st.params[k] = v
+	}
+	if len(b.Settings) > 0 {
+		if applied, err := newSettings(b.Settings, 0, 0); err == nil {
+			st.applied = applied
+		} else {
+			st.foreign = true
+		}
+	}
+	b.Settings, b.Reported = nil, nil
 	st.idleSince = time.Now()
 	b.Data = st
 	return st
@@ -82,6 +99,9 @@ func (st *serverState) tick() uint64 {
 // when now is set and the backend has been idle a while, no pending
 // end-of-file.
 func (st *serverState) usable(now time.Time) bool {
+	if st.foreign {
+		return false
+	}
 	in := &st.in
 	for in.buffered() > 0 {
 		if in.buffered() < 5 {

@@ -214,3 +214,73 @@ func TestRoleDefaultsCannotStick(t *testing.T) {
 		c.Close(ctx)
 	}
 }
+
+// TestSettingsAcrossReuse: a session-mode reset keeps its client's startup
+// settings applied for the next client with the same ones (no round trip
+// of their own), and every other next client, in either pool mode, sees
+// exactly its own settings and is told the right values.
+func TestSettingsAcrossReuse(t *testing.T) {
+	noLeaks(t)
+	f := getFixture(t)
+	cfg := f.config(t)
+	cfg.Pool.MaxServerConns = 1 // every client gets the same backend
+	cfg.Pool.QueueTimeout = 30 * time.Second
+	for i := range cfg.Users {
+		if cfg.Users[i].Name == "multi" {
+			cfg.Users[i].PoolMode = "transaction" // same role as alice
+		}
+	}
+	r := startProxy(t, cfg)
+	ctx := testCtx(t)
+
+	type want struct{ app, dateStyle, timeZone string }
+	var pid int
+	check := func(name string, conn *pgx.Conn, w want) {
+		t.Helper()
+		var app, ds, tz string
+		var got int
+		if err := conn.QueryRow(ctx, "SELECT current_setting('application_name'), current_setting('DateStyle'), current_setting('TimeZone'), pg_backend_pid()").Scan(&app, &ds, &tz, &got); err != nil {
+			t.Fatalf("%s: %v", name, err)
+		}
+		if app != w.app || ds != w.dateStyle || tz != w.timeZone {
+			t.Errorf("%s: application_name=%q DateStyle=%q TimeZone=%q, want %q %q %q", name, app, ds, tz, w.app, w.dateStyle, w.timeZone)
+		}
+		// What the client was told at startup matches the server.
+		pc := conn.PgConn()
+		if pc.ParameterStatus("application_name") != app || pc.ParameterStatus("DateStyle") != ds || pc.ParameterStatus("TimeZone") != tz {
+			t.Errorf("%s: told application_name=%q DateStyle=%q TimeZone=%q, server has %q %q %q", name,
+				pc.ParameterStatus("application_name"), pc.ParameterStatus("DateStyle"), pc.ParameterStatus("TimeZone"), app, ds, tz)
+		}
+		if pid == 0 {
+			pid = got
+		} else if got != pid {
+			t.Errorf("%s: served by backend %d, want the reused %d", name, got, pid)
+		}
+	}
+	var defaults want
+	admin := connectURL(t, f.c.URL(f.db))
+	if err := admin.QueryRow(ctx, "SELECT '', current_setting('DateStyle'), current_setting('TimeZone')").Scan(&defaults.app, &defaults.dateStyle, &defaults.timeZone); err != nil {
+		t.Fatal(err)
+	}
+	custom := []string{"application_name=report", "DateStyle=German", "TimeZone=Asia/Tokyo"}
+	customWant := want{"report", "German, DMY", "Asia/Tokyo"}
+	resets := (float64Collector{r}).value(t)
+	session := func(name string, extra []string, w want) {
+		t.Helper()
+		conn := connectURL(t, r.url("alice", "alice-pw", extra...))
+		check(name, conn, w)
+		conn.Close(ctx)
+		resets++
+		waitResetValue(t, r, resets)
+	}
+	session("first, custom settings", custom, customWant)
+	session("same settings again", custom, customWant)
+	session("no settings", nil, defaults)
+	session("custom again", custom, customWant)
+	session("one setting changed", []string{"application_name=report", "DateStyle=German", "TimeZone=UTC"}, want{"report", "German, DMY", "UTC"})
+
+	// A transaction-mode client of the same role after a session-mode one.
+	tx := connectURL(t, r.url("multi@"+dhSlug, "multi-pw"))
+	check("transaction mode after session mode", tx, defaults)
+	tx.Close(ctx)
+}
