@@ -63,6 +63,7 @@ type fwdResult struct {
 	idle        bool  // the server answered everything and is idle (see idleAfter)
 	err         error // errClientTerminate, errMessageTooLarge, errProtocol or an I/O error
 	c2s, s2c    int64
+	dropped     int64 // notifications kept from the client
 }
 
 // fwdJob is one session's pair of sockets inside a loop. The loop owns every
@@ -252,7 +253,7 @@ func (l *evLoop) finish(j *fwdJob, clientEnded bool, err error) {
 	}
 	j.done <- fwdResult{clientEnded: clientEnded, err: err, c2s: j.c2s, s2c: j.s2c,
 		serverSplit: j.fromServer.midMessage() || j.fromClient.midMessage() || len(j.toServer) > 0,
-		idle:        idleAfter(&j.fromClient, &j.fromServer)}
+		idle:        idleAfter(&j.fromClient, &j.fromServer), dropped: j.fromServer.dropped}
 }
 
 // pump reads what fd has and passes it on to its peer.
@@ -454,6 +455,7 @@ func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
 	s.c2s, s.s2c = res.c2s, res.s2c
 	tm.c2s.Add(float64(s.c2s))
 	tm.s2c.Add(float64(s.s2c))
+	tm.dropped.Add(float64(res.dropped))
 	s.mu.Lock()
 	cfd, sfd := s.loopClientFd, s.loopServerFd
 	s.loopClientFd, s.loopServerFd = -1, -1

@@ -146,5 +146,6 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	_ = server.SetReadDeadline(time.Time{})
 	tm.c2s.Add(float64(s.c2s))
 	tm.s2c.Add(float64(s.s2c))
+	tm.dropped.Add(float64(fromServer.dropped))
 	return reason, reusable
 }

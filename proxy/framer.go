@@ -46,6 +46,8 @@ type framer struct {
 	extPending bool
 	readies    int64
 	status     byte
+	// dropped counts notifications kept from the client (server side).
+	dropped int64
 }
 
 // feed takes the next bytes of the stream and returns what to pass on:
@@ -220,7 +222,8 @@ func (f *framer) edit(msg []byte) ([]byte, bool) {
 	}
 	out, ok := f.ns.NotificationMessage(scratch, msg, f.backendPID, f.clientPID)
 	if !ok {
-		return nil, true // dropped
+		f.dropped++
+		return nil, true
 	}
 	return out, true
 }

@@ -12,23 +12,24 @@ import (
 // private registry given to NewMetrics, never the global one. Safe for
 // concurrent use.
 type Metrics struct {
-	clientConnections   *prometheus.GaugeVec
-	connectionAttempts  *prometheus.CounterVec
-	sessionEnds         *prometheus.CounterVec
-	authFailures        *prometheus.CounterVec
-	contextInjections   *prometheus.CounterVec
-	sessionSetup        prometheus.Histogram
-	bytes               *prometheus.CounterVec
-	cancelRequests      *prometheus.CounterVec
-	upstreamConnectErrs prometheus.Counter
-	isolationCheck      *prometheus.GaugeVec
-	auditRuns           *prometheus.CounterVec
-	configReloads       *prometheus.CounterVec
-	buildInfo           *prometheus.GaugeVec
-	resets              *prometheus.CounterVec
-	poolWait            *prometheus.HistogramVec
-	transactions        *prometheus.CounterVec
-	prepared            *prometheus.CounterVec
+	clientConnections    *prometheus.GaugeVec
+	connectionAttempts   *prometheus.CounterVec
+	sessionEnds          *prometheus.CounterVec
+	authFailures         *prometheus.CounterVec
+	contextInjections    *prometheus.CounterVec
+	sessionSetup         prometheus.Histogram
+	bytes                *prometheus.CounterVec
+	cancelRequests       *prometheus.CounterVec
+	upstreamConnectErrs  prometheus.Counter
+	isolationCheck       *prometheus.GaugeVec
+	auditRuns            *prometheus.CounterVec
+	configReloads        *prometheus.CounterVec
+	buildInfo            *prometheus.GaugeVec
+	resets               *prometheus.CounterVec
+	poolWait             *prometheus.HistogramVec
+	transactions         *prometheus.CounterVec
+	prepared             *prometheus.CounterVec
+	notificationsDropped *prometheus.CounterVec
 
 	tenants *tenantLabels
 }
@@ -114,11 +115,16 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 			Name: "vitalproxy_prepared_statements_total",
 			Help: "Protocol-level prepared statements in transaction mode: hit (already prepared on the serving connection) or miss (prepared there on demand).",
 		}, []string{"result"}),
+		notificationsDropped: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_notifications_dropped_total",
+			Help: "Notifications on a channel outside the client's tenant namespace that the proxy kept from the client, by the client's tenant.",
+		}, []string{"tenant"}),
 		tenants: newTenantLabels(tenantCap),
 	}
 	reg.MustRegister(m.clientConnections, m.connectionAttempts, m.sessionEnds, m.authFailures,
 		m.contextInjections, m.sessionSetup, m.bytes, m.cancelRequests, m.upstreamConnectErrs,
-		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo, m.resets, m.poolWait, m.transactions, m.prepared)
+		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo, m.resets, m.poolWait, m.transactions, m.prepared,
+		m.notificationsDropped)
 	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range []string{"ok", "failure"} {
 		m.contextInjections.WithLabelValues(r)
@@ -149,6 +155,7 @@ type tenantMetrics struct {
 	connections  prometheus.Gauge
 	c2s, s2c     prometheus.Counter
 	transactions prometheus.Counter
+	dropped      prometheus.Counter // notifications kept from the client
 }
 
 func (m *Metrics) forTenant(slug string) tenantMetrics {
@@ -158,6 +165,7 @@ func (m *Metrics) forTenant(slug string) tenantMetrics {
 		c2s:          m.bytes.WithLabelValues(label, dirClientToServer),
 		s2c:          m.bytes.WithLabelValues(label, dirServerToClient),
 		transactions: m.transactions.WithLabelValues(label),
+		dropped:      m.notificationsDropped.WithLabelValues(label),
 	}
 }
 

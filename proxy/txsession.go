@@ -33,7 +33,8 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		Channels:       notify.New(rt.secret, id.Tenant.ID),
 		Logger:         s.logger,
 		Hooks: txmode.Hooks{
-			OnTransaction: func(time.Duration) { tm.transactions.Inc() },
+			OnTransaction:         func(time.Duration) { tm.transactions.Inc() },
+			OnNotificationDropped: tm.dropped.Inc,
 			OnPrepared: func(hit bool) {
 				if hit {
 					m.prepared.WithLabelValues("hit").Inc()

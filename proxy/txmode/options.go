@@ -80,6 +80,9 @@ type Hooks struct {
 	OnQueueTimeout func()
 	// OnServerLost is called when a backend died while serving the client.
 	OnServerLost func()
+	// OnNotificationDropped is called when a notification outside the
+	// client's channel namespace was kept from it (see Options.Channels).
+	OnNotificationDropped func()
 }
 
 func (o *Options) validate() error {

@@ -163,6 +163,8 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 			} else if m, ok := ns.NotificationMessage(c.notification[:0], msg, 0, 0); ok {
 				c.notification = m
 				c.toClient(st, m)
+			} else if h := c.opts.Hooks.OnNotificationDropped; h != nil {
+				h()
 			}
 		case 'R', 'K', 'v':
 			c.serverLost(b, st, fmt.Errorf("%w: unexpected %q from server", errBroken, typ))

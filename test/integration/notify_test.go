@@ -81,6 +81,21 @@ func TestNotifyWithinTenant(t *testing.T) {
 	run(rita, `NOTIFY "Mixed Case", 'still-listening'`)
 	expect("after UNLISTEN", "Mixed Case", "still-listening")
 
+	// A channel named out of the proxy's sight (dynamic SQL) is not in the
+	// namespace: what is sent on it is kept from the client, and counted.
+	raw := sess.connect(t, "alice", "alice-pw")
+	run(raw, "DO $$BEGIN EXECUTE 'LISTEN raw_chan'; END$$")
+	run(raw, "LISTEN own_chan")
+	run(other, "DO $$BEGIN EXECUTE 'NOTIFY raw_chan, ''around the proxy'''; END$$")
+	run(raw, "NOTIFY own_chan, 'after'")
+	if ch, payload, _ := nextNotification(t, ctx, raw); ch != "own_chan" || payload != "after" {
+		t.Fatalf("got %q on %q, want only the namespaced notification", payload, ch)
+	}
+	raw.Close(ctx)
+	eventually(t, "the dropped notification is counted", func() bool {
+		return metricValue(t, sess.srv.Gatherer(), "vitalproxy_notifications_dropped_total", map[string]string{"tenant": dhSlug}) == 1
+	})
+
 	// psql prints notifications with their channel and pid.
 	env := append(os.Environ(), "PGPASSWORD=alice-pw", "PGSSLMODE=disable", "LC_ALL=C")
 	cmd := exec.CommandContext(ctx, clientTool(t, f.c.BinDir, "psql"), "-X", "-h", sess.host, "-p", strconv.Itoa(sess.port),
