@@ -222,6 +222,11 @@ func (s *session) recycle(reusable bool) {
 		s.srv.pool.Release(b, false)
 		return
 	}
+	if b.RoleDefaults {
+		// The pool closes it (reason role_defaults): no reset first.
+		s.srv.pool.Release(b, true)
+		return
+	}
 	resetQuery, tenantID, idle := s.rt.cfg.Pool.ResetQuery, s.tenantID, s.idleAtEnd
 	// Only DISCARD ALL is known to bring every setting back to the role's
 	// defaults, on top of which the client's own can be applied again.

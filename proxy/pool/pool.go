@@ -93,6 +93,9 @@ const (
 	ReasonLifetime Reason = "lifetime" // older than Lifetime
 	ReasonEvicted  Reason = "evicted"  // closed to make room for another tenant
 	ReasonShutdown Reason = "shutdown"
+	// ReasonRoleDefaults: the backend logged in while its role had
+	// defaults of its own (see upstream.Conn.RoleDefaults).
+	ReasonRoleDefaults Reason = "role_defaults"
 )
 
 // Stats is a snapshot of one pool.
@@ -353,6 +356,10 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 		return
 	case p.cfg.Lifetime > 0 && now.Sub(b.created) > p.cfg.Lifetime:
 		p.discard(k, b, ReasonLifetime)
+		p.grantNext(nil)
+		return
+	case b.Conn != nil && b.RoleDefaults:
+		p.discard(k, b, ReasonRoleDefaults)
 		p.grantNext(nil)
 		return
 	}

@@ -88,6 +88,12 @@ type Conn struct {
 	// Addr is where the connection went, for cancel requests.
 	Network, Address string
 	tlsConfig        *tls.Config
+	// RoleDefaults: when the connection logged in, its role had defaults
+	// of its own (ALTER ROLE ... SET). They became the session's reset
+	// values, which DISCARD ALL returns to even after the defaults are
+	// removed, so such a connection must not outlive its first borrower.
+	// Known only when the tenant context was asserted at login.
+	RoleDefaults bool
 }
 
 // Options for one login.
@@ -247,7 +253,9 @@ func (d *Dialer) login(c *Conn, opts Options) error {
 			if opts.TenantID == "" {
 				return nil
 			}
-			return awaitContext(&r)
+			defaults, err := awaitContext(&r)
+			c.RoleDefaults = defaults
+			return err
 		case 'N', 'v':
 			// Notices and NegotiateProtocolVersion need no answer here.
 		default:
@@ -256,29 +264,38 @@ func (d *Dialer) login(c *Conn, opts Options) error {
 	}
 }
 
-// awaitContext reads the answer to the pipelined set_tenant_context call.
-func awaitContext(r *reader) error {
+// awaitContext reads the answer to the pipelined context query: whether
+// the login role has defaults of its own, and any error.
+func awaitContext(r *reader) (roleDefaults bool, err error) {
 	var failure error
 	for {
 		typ, body, err := r.next()
 		if err != nil {
-			return err
+			return false, err
 		}
 		switch typ {
 		case 'E':
 			failure = decodeError(body)
 		case 'Z':
-			return failure
-		case '1', '2', 'D', 'C', 'N', 'S', 'T', 'n':
+			return roleDefaults, failure
+		case 'D':
+			var row pgproto3.DataRow
+			if err := row.Decode(body); err == nil && len(row.Values) == 2 {
+				roleDefaults = string(row.Values[1]) != "f"
+			}
+		case '1', '2', 'C', 'N', 'S', 'T', 'n':
 		default:
-			return fmt.Errorf("unexpected message %q from upstream after set_tenant_context", typ)
+			return false, fmt.Errorf("unexpected message %q from upstream after set_tenant_context", typ)
 		}
 	}
 }
 
-// contextQuery asserts the tenant: set_tenant_context raises 42501 unless
-// the tenant is the one the login role belongs to.
-const contextQuery = "SELECT public.set_tenant_context($1::uuid)"
+// contextQuery asserts the tenant (set_tenant_context raises 42501 unless
+// the tenant is the one the login role belongs to) and reports whether the
+// login role has defaults of its own, in any database (see
+// Conn.RoleDefaults).
+const contextQuery = "SELECT public.set_tenant_context($1::uuid), EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s " +
+	"JOIN pg_catalog.pg_roles r ON r.oid = s.setrole WHERE r.rolname = session_user)"
 
 func appendContextQuery(dst []byte, tenantID string) []byte {
 	if tenantID == "" {

@@ -213,6 +213,27 @@ func TestRoleDefaultsCannotStick(t *testing.T) {
 		}
 		c.Close(ctx)
 	}
+	// A backend that logged in with the defaults keeps them as its reset
+	// values: it is closed, not pooled, so once the defaults are gone no
+	// later session inherits them.
+	eventually(t, "backends with role defaults are closed", func() bool {
+		return metricValue(t, r.srv.Gatherer(), "vitalproxy_pool_server_connections_closed_total",
+			map[string]string{"tenant": dhSlug, "reason": "role_defaults"}) >= 2
+	})
+	if _, err := admin.Exec(ctx, "ALTER ROLE "+role+" RESET ALL"); err != nil {
+		t.Fatal(err)
+	}
+	for i := range 2 {
+		c := r.connect(t, "alice", "alice-pw")
+		var searchPath string
+		if err := c.QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&searchPath); err != nil {
+			t.Fatal(err)
+		}
+		if searchPath == "pg_catalog" {
+			t.Errorf("session %d after the defaults were removed still has search_path %q", i, searchPath)
+		}
+		c.Close(ctx)
+	}
 }
 
 // TestSettingsAcrossReuse: a session-mode reset keeps its client's startup
