@@ -10,7 +10,6 @@ import (
 	"net"
 	"regexp"
 	"slices"
-	"sort"
 	"strings"
 	"sync"
 	"time"
@@ -19,6 +18,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -110,17 +110,20 @@ func paramsOf(b *pool.Backend) map[string]string {
 }
 
 // applySettings moves the backend's settings from what a reset left
-// (from, lower-case names; nil for the server's defaults) to the client's
-// allow-listed startup settings (to) with one simple query, if they
-// differ, and merges the ParameterStatus values the server reports into
-// params. Names come from the allow-list; values are quoted as literals.
+// (from; nil for the server's defaults) to the client's allow-listed
+// startup settings (to) in one round trip, if they differ, the way the
+// transaction engine applies them (txmode.SettingsQueries), and merges the
+// ParameterStatus values the server reports into params.
 func applySettings(ctx context.Context, conn net.Conn, from, to map[string]string, params map[string]string) error {
-	q, err := settingsQuery(from, to)
-	if err != nil || q == "" {
+	queries, err := txmode.SettingsQueries(from, to)
+	if err != nil || len(queries) == 0 {
 		return err
 	}
-	buf, _ := (&pgproto3.Query{String: q}).Encode(nil)
-	return roundTrip(ctx, conn, buf, 1, func(typ byte, body []byte) error {
+	var buf []byte
+	for _, q := range queries {
+		buf, _ = (&pgproto3.Query{String: q}).Encode(buf)
+	}
+	return roundTrip(ctx, conn, buf, len(queries), func(typ byte, body []byte) error {
 		if typ == 'S' {
 			var ps pgproto3.ParameterStatus
 			if err := ps.Decode(body); err == nil {
@@ -129,60 +132,6 @@ func applySettings(ctx context.Context, conn net.Conn, from, to map[string]strin
 		}
 		return nil
 	})
-}
-
-// settingsQuery returns the statements that move a backend's settings from
-// from to to: RESET for what to drops, SET for what it adds or changes;
-// "" when there is nothing to do.
-func settingsQuery(from, to map[string]string) (string, error) {
-	names := make([]string, 0, len(from)+len(to))
-	for k := range from {
-		if _, ok := to[k]; !ok {
-			names = append(names, k)
-		}
-	}
-	for k, v := range to {
-		if cur, ok := from[k]; !ok || cur != v {
-			names = append(names, k)
-		}
-	}
-	sort.Strings(names)
-	var q strings.Builder
-	for _, k := range names {
-		if !settingName.MatchString(k) {
-			return "", fmt.Errorf("refusing setting name %q", k)
-		}
-		if v, ok := to[k]; ok {
-			fmt.Fprintf(&q, "SET %s = %s;", k, quoteLiteral(v))
-		} else {
-			fmt.Fprintf(&q, "RESET %s;", k)
-		}
-	}
-	return q.String(), nil
-}
-
-// lowerKeys returns m with lower-case keys (setting names are
-// case-insensitive), or nil when m is empty.
-func lowerKeys(m map[string]string) map[string]string {
-	if len(m) == 0 {
-		return nil
-	}
-	out := make(map[string]string, len(m))
-	for k, v := range m {
-		out[strings.ToLower(k)] = v
-	}
-	return out
-}
-
-var settingName = regexp.MustCompile(`^[A-Za-z_][A-Za-z0-9_]*$`)
-
-// quoteLiteral quotes s as an SQL string literal (standard_conforming_strings
-// is on in every supported PostgreSQL; E” handles backslashes regardless).
-func quoteLiteral(s string) string {
-	if strings.ContainsRune(s, '\\') {
-		return "E'" + strings.ReplaceAll(strings.ReplaceAll(s, `\`, `\\`), "'", "''") + "'"
-	}
-	return "'" + strings.ReplaceAll(s, "'", "''") + "'"
 }
 
 // exchange writes buf to a backend and hands every message it answers with
@@ -297,7 +246,7 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 // forwarding saw the server answer everything and report itself idle
 // outside a transaction: then there is nothing to end first.
 //
-// keep (lower-case names) are the client's startup settings, applied again
+// keep are the client's startup settings, applied again
 // after resetQuery so that the next client with the same ones needs no
 // round trip of its own; the caller passes them only when resetQuery is
 // DISCARD ALL. It returns the ParameterStatus values the server reported
@@ -320,11 +269,11 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 		buf, _ = (&pgproto3.Query{String: resetQuery}).Encode(buf)
 		own++
 	}
-	if len(keep) > 0 {
-		q, err := settingsQuery(nil, keep)
-		if err != nil {
-			return nil, err
-		}
+	queries, err := txmode.SettingsQueries(nil, keep)
+	if err != nil {
+		return nil, err
+	}
+	for _, q := range queries {
 		buf, _ = (&pgproto3.Query{String: q}).Encode(buf)
 		own++
 	}
@@ -340,7 +289,7 @@ func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID strin
 		segments []bool // whether each finished segment had one, latest last
 		reported = map[string]string{}
 	)
-	err := exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
+	err = exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
 		switch {
 		case typ == 'S':
 			var ps pgproto3.ParameterStatus

@@ -5,8 +5,6 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
-
-	"github.com/vitalproxy/vitalproxy/proxy/notify"
 )
 
 // tlsCopyBuffer is the server-to-client copy buffer of the goroutine
@@ -63,7 +61,7 @@ func pipe(dst, src net.Conn, fr *framer, buf []byte) (int64, error) {
 // framing that bounds client messages and keeps Terminate from the
 // backend, plus the tenant's notification channel namespace.
 func (s *session) framers() (fromClient, fromServer framer) {
-	ns := notify.New(s.rt.secret, s.tenantID)
+	ns := s.rt.channels(s.tenantID)
 	var backendPID uint32
 	if s.backend != nil && s.backend.Conn != nil {
 		backendPID = s.backend.PID

@@ -204,13 +204,11 @@ func (f *framer) whole(msg []byte) []byte {
 	return msg
 }
 
-// edit rewrites or drops a message read whole; ok is false when it passes
-// unchanged. The result lives in a scratch buffer that replace copies.
+// edit rewrites or drops a message read whole (and notes a ReadyForQuery's
+// status); ok is false when the message passes unchanged.
 func (f *framer) edit(msg []byte) ([]byte, bool) {
-	var scratch []byte
 	if f.fromClient {
-		out, ok := f.ns.QueryMessage(scratch, msg)
-		return out, ok
+		return f.ns.QueryMessage(nil, msg)
 	}
 	if msg[0] == 'Z' {
 		f.readies++
@@ -220,10 +218,9 @@ func (f *framer) edit(msg []byte) ([]byte, bool) {
 		}
 		return nil, false
 	}
-	out, ok := f.ns.NotificationMessage(scratch, msg, f.backendPID, f.clientPID)
+	out, ok := f.ns.NotificationMessage(nil, msg, f.backendPID, f.clientPID)
 	if !ok {
 		f.dropped++
-		return nil, true
 	}
-	return out, true
+	return out, true // a dropped notification is replaced by nothing
 }

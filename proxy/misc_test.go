@@ -163,29 +163,3 @@ func TestMetricsLintAndValues(t *testing.T) {
 func buildInfoLine() string {
 	return `vitalproxy_build_info{goversion="` + runtime.Version() + `",version="v1.2.3"} 1` + "\n"
 }
-
-func TestSettingsQuery(t *testing.T) {
-	tests := []struct {
-		name     string
-		from, to map[string]string
-		want     string
-		wantErr  bool
-	}{
-		{"nothing", nil, nil, "", false},
-		{"same", map[string]string{"datestyle": "ISO"}, map[string]string{"datestyle": "ISO"}, "", false},
-		{"from defaults", nil, map[string]string{"timezone": "UTC", "application_name": "it's"},
-			"SET application_name = 'it''s';SET timezone = 'UTC';", false},
-		{"to defaults", map[string]string{"timezone": "UTC"}, nil, "RESET timezone;", false},
-		{"changed, dropped and added", map[string]string{"a": "1", "b": "2"}, map[string]string{"b": "3", "c": "4"},
-			"RESET a;SET b = '3';SET c = '4';", false},
-		{"bad name", nil, map[string]string{"x; DROP": "1"}, "", true},
-	}
-	for _, tc := range tests {
-		t.Run(tc.name, func(t *testing.T) {
-			got, err := settingsQuery(tc.from, tc.to)
-			if (err != nil) != tc.wantErr || got != tc.want {
-				t.Errorf("settingsQuery = %q, %v; want %q (error %v)", got, err, tc.want, tc.wantErr)
-			}
-		})
-	}
-}

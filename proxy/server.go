@@ -20,6 +20,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/config"
+	"github.com/vitalproxy/vitalproxy/proxy/notify"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
@@ -73,6 +74,19 @@ type runtimeConfig struct {
 	upstreamDB string
 	secret     []byte
 	tls        *tls.Config
+	// namespaces caches each tenant's notification channel namespace,
+	// derived from secret (see channels).
+	namespaces sync.Map // tenant id -> *notify.Namespace
+}
+
+// channels returns a tenant's notification channel namespace, derived once
+// per runtime configuration rather than at every session's start.
+func (rt *runtimeConfig) channels(tenantID string) *notify.Namespace {
+	if ns, ok := rt.namespaces.Load(tenantID); ok {
+		return ns.(*notify.Namespace)
+	}
+	ns, _ := rt.namespaces.LoadOrStore(tenantID, notify.New(rt.secret, tenantID))
+	return ns.(*notify.Namespace)
 }
 
 func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {

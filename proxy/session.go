@@ -101,8 +101,8 @@ type session struct {
 	// idleAtEnd: when forwarding ended, the backend had answered every
 	// request and was idle outside a transaction (see idleAfter).
 	idleAtEnd bool
-	// settings are the client's startup settings as applied (lower-case
-	// names); the reset applies them again for the next client.
+	// settings are the client's startup settings as applied; the reset
+	// applies them again for the next client.
 	settings map[string]string
 	// loopServerFd and loopClientFd are the descriptors an event loop
 	// forwards, or -1.
@@ -538,7 +538,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	from := b.Settings
 	b.Settings, b.Reported = nil, nil
-	s.settings = lowerKeys(params.runtime)
+	s.settings = params.runtime
 	if err := applySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {

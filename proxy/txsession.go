@@ -6,7 +6,6 @@ import (
 	"time"
 
 	"github.com/vitalproxy/vitalproxy/auth"
-	"github.com/vitalproxy/vitalproxy/proxy/notify"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
@@ -30,7 +29,7 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
 		StartupParams:  settings,
 		MaxMessageSize: rt.cfg.Limits.MaxMessageSize,
-		Channels:       notify.New(rt.secret, id.Tenant.ID),
+		Channels:       rt.channels(id.Tenant.ID),
 		Logger:         s.logger,
 		Hooks: txmode.Hooks{
 			OnTransaction:         func(time.Duration) { tm.transactions.Inc() },

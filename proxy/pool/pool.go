@@ -76,7 +76,7 @@ type Backend struct {
 	Data any
 	// Settings and Reported are what a session-mode reset left on the
 	// backend for its next borrower: settings applied beyond the role's
-	// defaults (lower-case names, as SET) and the latest values the
+	// defaults (names case-insensitive) and the latest values the
 	// server reported since login (ParameterStatus). Both nil: the
 	// server's defaults. A borrower that takes the backend over clears
 	// them.

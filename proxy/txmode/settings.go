@@ -216,6 +216,26 @@ func applyQueries(from, to *settings) []string {
 	return out
 }
 
+// SettingsQueries returns the simple-protocol queries that move a session
+// from one set of settings to another (name to value, names
+// case-insensitive; nil or empty for the server's defaults), exactly as the
+// engine applies startup settings on its own backends (see applyQueries);
+// none when the two agree. Refused or malformed names are an error.
+func SettingsQueries(from, to map[string]string) ([]string, error) {
+	f, err := newSettings(from, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	t, err := newSettings(to, 0, 0)
+	if err != nil {
+		return nil, err
+	}
+	if f.equal(t) {
+		return nil, nil
+	}
+	return applyQueries(f, t), nil
+}
+
 // dollarQuote quotes v as a dollar-quoted string literal whose tag does
 // not occur in v.
 func dollarQuote(v string) string {

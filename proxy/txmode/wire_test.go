@@ -5,6 +5,7 @@ import (
 	"encoding/binary"
 	"errors"
 	"io"
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -282,5 +283,32 @@ func TestIsUUID(t *testing.T) {
 		if isUUID(s) != want {
 			t.Errorf("isUUID(%q) = %v", s, !want)
 		}
+	}
+}
+
+func TestSettingsQueries(t *testing.T) {
+	tests := []struct {
+		name     string
+		from, to map[string]string
+		want     []string
+		wantErr  bool
+	}{
+		{"nothing", nil, nil, nil, false},
+		{"same, names in any case", map[string]string{"datestyle": "ISO"}, map[string]string{"DateStyle": "ISO"}, nil, false},
+		{"from defaults", nil, map[string]string{"timezone": "UTC", "application_name": "it's"},
+			[]string{"SELECT pg_catalog.set_config($vp$application_name$vp$, $vp$it's$vp$, false), pg_catalog.set_config($vp$timezone$vp$, $vp$UTC$vp$, false)"}, false},
+		{"to defaults", map[string]string{"timezone": "UTC"}, nil, []string{"RESET timezone"}, false},
+		{"changed, dropped and added", map[string]string{"a": "1", "b": "2"}, map[string]string{"b": "3", "c": "4"},
+			[]string{"RESET a; SELECT pg_catalog.set_config($vp$b$vp$, $vp$3$vp$, false), pg_catalog.set_config($vp$c$vp$, $vp$4$vp$, false)"}, false},
+		{"bad name", nil, map[string]string{"x; DROP": "1"}, nil, true},
+		{"refused name", map[string]string{"role": "x"}, nil, nil, true},
+	}
+	for _, tc := range tests {
+		t.Run(tc.name, func(t *testing.T) {
+			got, err := SettingsQueries(tc.from, tc.to)
+			if (err != nil) != tc.wantErr || !slices.Equal(got, tc.want) {
+				t.Errorf("SettingsQueries = %q, %v; want %q (error %v)", got, err, tc.want, tc.wantErr)
+			}
+		})
 	}
 }

@@ -300,6 +300,19 @@ func TestSettingsAcrossReuse(t *testing.T) {
 	session("custom again", custom, customWant)
 	session("one setting changed", []string{"application_name=report", "DateStyle=German", "TimeZone=UTC"}, want{"report", "German, DMY", "UTC"})
 
+	// A list-valued setting arrives as a list, as it would directly.
+	lists := connectURL(t, r.url("alice", "alice-pw", "search_path=public,%20pg_catalog"))
+	var searchPath string
+	if err := lists.QueryRow(ctx, "SELECT current_setting('search_path')").Scan(&searchPath); err != nil {
+		t.Fatal(err)
+	}
+	if searchPath != "public, pg_catalog" {
+		t.Errorf("search_path from the startup packet = %q, want %q", searchPath, "public, pg_catalog")
+	}
+	lists.Close(ctx)
+	resets++
+	waitResetValue(t, r, resets)
+
 	// A transaction-mode client of the same role after a session-mode one.
 	tx := connectURL(t, r.url("multi@"+dhSlug, "multi-pw"))
 	check("transaction mode after session mode", tx, defaults)

@@ -436,7 +436,7 @@ func caseNotifyAround(ctx context.Context, e *env) error {
 		return err
 	}
 	dyn := func(c *pgx.Conn, stmt string) error {
-		_, err := c.Exec(ctx, "DO $$BEGIN EXECUTE "+quoteLiteral(stmt)+"; END$$")
+		_, err := c.Exec(ctx, "DO $$BEGIN EXECUTE "+quoteLit(stmt)+"; END$$")
 		return err
 	}
 	own := "iso_own_" + randomHex(4)
@@ -478,5 +478,3 @@ func caseNotifyAround(ctx context.Context, e *env) error {
 	}
 	return f.result()
 }
-
-func quoteLiteral(s string) string { return "'" + strings.ReplaceAll(s, "'", "''") + "'" }
