@@ -305,10 +305,8 @@ func (m *Migrator) dropBookkeeping(ctx context.Context) error {
 	}
 	defer tx.Rollback() //nolint:errcheck // a no-op after Commit
 	// Wait for any run in progress, then keep others out until commit.
-	for _, key := range []int64{lockKey, bootstrapLockKey} {
-		if _, err := tx.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, key); err != nil {
-			return fmt.Errorf("remove migration bookkeeping: %s", oneLine(err))
-		}
+	if _, err := tx.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, lockKey); err != nil {
+		return fmt.Errorf("remove migration bookkeeping: %s", oneLine(err))
 	}
 	var exists, applied bool
 	err = tx.QueryRowContext(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL`, versionTable).Scan(&exists)

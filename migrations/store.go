@@ -15,11 +15,6 @@ const (
 	checksumTable = "vital.migration_checksums"
 )
 
-// bootstrapLockKey serialises the creation of the bookkeeping tables (and
-// their removal after the last Down) between concurrent runs; the
-// migrations themselves are serialised by lockKey.
-const bootstrapLockKey int64 = 0x7674_6d69_6772_0002
-
 // store is goose's PostgreSQL store for vital.goose_db_version, extended to
 // record each migration's checksum and duration in the same transaction as
 // the migration: a migration and its bookkeeping commit or roll back
@@ -44,11 +39,25 @@ func newStore(files []File) (*store, error) {
 }
 
 // CreateVersionTable creates schema vital and both bookkeeping tables if
-// they are missing. Concurrent callers take turns on an advisory lock, so
-// the second one finds the tables and creates nothing.
+// they are missing. goose calls it from HasPending too, before the run takes
+// its session lock, so it waits on the same advisory lock (a transaction
+// lock, which a session already holding the session lock is granted at
+// once): its DDL must never touch schema vital while another run's
+// migration is changing it. Tables that exist are left alone.
 func (s *store) CreateVersionTable(ctx context.Context, db database.DBTxConn) error {
+	if _, err := db.ExecContext(ctx, `SELECT pg_catalog.pg_advisory_xact_lock($1)`, lockKey); err != nil {
+		return fmt.Errorf("create migration bookkeeping tables: %w", err)
+	}
+	var exist bool
+	err := db.QueryRowContext(ctx, `SELECT pg_catalog.to_regclass($1) IS NOT NULL AND pg_catalog.to_regclass($2) IS NOT NULL`,
+		versionTable, checksumTable).Scan(&exist)
+	if err != nil {
+		return fmt.Errorf("create migration bookkeeping tables: %w", err)
+	}
+	if exist {
+		return nil
+	}
 	stmts := []string{
-		`SELECT pg_catalog.pg_advisory_xact_lock($1)`,
 		`CREATE SCHEMA IF NOT EXISTS vital`,
 		`REVOKE ALL ON SCHEMA vital FROM PUBLIC`,
 		`CREATE TABLE IF NOT EXISTS ` + versionTable + ` (
@@ -64,14 +73,8 @@ func (s *store) CreateVersionTable(ctx context.Context, db database.DBTxConn) er
 			duration_ms double precision NOT NULL)`,
 		`REVOKE ALL ON ` + versionTable + `, ` + checksumTable + ` FROM PUBLIC`,
 	}
-	for i, q := range stmts {
-		var err error
-		if i == 0 {
-			_, err = db.ExecContext(ctx, q, bootstrapLockKey)
-		} else {
-			_, err = db.ExecContext(ctx, q)
-		}
-		if err != nil {
+	for _, q := range stmts {
+		if _, err := db.ExecContext(ctx, q); err != nil {
 			return fmt.Errorf("create migration bookkeeping tables: %w", err)
 		}
 	}
