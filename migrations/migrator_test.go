@@ -8,6 +8,7 @@ import (
 	"sync"
 	"testing"
 	"testing/fstest"
+	"time"
 
 	"github.com/vitalproxy/vitalproxy/migrations"
 )
@@ -191,6 +192,51 @@ func TestConcurrentUp(t *testing.T) {
 	}
 	if n := scalar[int](t, conn, `SELECT count(*) FROM tenants`); n != 2 {
 		t.Errorf("%d tenants, want 2", n)
+	}
+}
+
+// TestUpWaitsBeforeAnyDDL plays a run in progress (another session holds
+// the migration lock) and checks that a second run waits without touching
+// the database: goose asks whether anything is pending before it locks,
+// and creating the bookkeeping tables then must not race the running
+// migrations' DDL on schema vital.
+func TestUpWaitsBeforeAnyDDL(t *testing.T) {
+	db := newTestDB(t)
+	ctx := ctxT(t)
+	holder := db.admin(t)
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_lock($1)`, migrations.LockKey); err != nil {
+		t.Fatal(err)
+	}
+	m := newMigrator(t, db.url)
+	type upResult struct {
+		res []migrations.Result
+		err error
+	}
+	done := make(chan upResult, 1)
+	go func() {
+		res, err := m.Up(ctx)
+		done <- upResult{res, err}
+	}()
+	watcher := db.admin(t)
+	waiting := false
+	for !waiting {
+		select {
+		case r := <-done:
+			t.Fatalf("up finished while another run held the lock: %v, %v", names(r.res), r.err)
+		case <-time.After(20 * time.Millisecond):
+		}
+		waiting = scalar[bool](t, watcher, `SELECT EXISTS (SELECT 1 FROM pg_locks
+			WHERE locktype = 'advisory' AND NOT granted AND database = (SELECT oid FROM pg_database WHERE datname = current_database()))`)
+	}
+	if scalar[bool](t, watcher, `SELECT to_regnamespace('vital') IS NOT NULL`) {
+		t.Errorf("a waiting run created schema vital before it had the lock")
+	}
+	if _, err := holder.Exec(ctx, `SELECT pg_advisory_unlock($1)`, migrations.LockKey); err != nil {
+		t.Fatal(err)
+	}
+	r := <-done
+	if r.err != nil || !slices.Equal(names(r.res), allFiles) {
+		t.Fatalf("up after the lock was released = %v, %v", names(r.res), r.err)
 	}
 }
 
