@@ -1,0 +1,165 @@
+package integration_test
+
+import (
+	"context"
+	"fmt"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"strings"
+	"testing"
+	"time"
+)
+
+// The drivers BI tools and applications use besides pgx and lib/pq: the
+// PostgreSQL JDBC driver (Metabase, Tableau, DBeaver and every JVM app) and
+// psycopg2 (Python apps, Superset, notebooks). Each test runs a real client
+// program from testdata against a running proxy. When the runtime or the
+// driver is missing the test is skipped with what to install; CI installs
+// them and sets VITALPROXY_REQUIRE_DRIVERS=1, which makes a missing driver
+// a failure instead.
+
+// needDriver skips the test (or fails it under VITALPROXY_REQUIRE_DRIVERS)
+// because what is missing.
+func needDriver(t *testing.T, what string) {
+	t.Helper()
+	if os.Getenv("VITALPROXY_REQUIRE_DRIVERS") != "" {
+		t.Fatalf("%s (VITALPROXY_REQUIRE_DRIVERS is set)", what)
+	}
+	t.Skip(what)
+}
+
+// jdbcRuntime returns the java launcher and the PostgreSQL JDBC driver's
+// jar (VITALPROXY_JDBC_JAR, else Debian's libpostgresql-jdbc-java).
+func jdbcRuntime(t *testing.T) (java, jar string) {
+	t.Helper()
+	java, err := exec.LookPath("java")
+	if err != nil {
+		needDriver(t, "no java on PATH (apt-get install default-jre-headless libpostgresql-jdbc-java)")
+	}
+	jar = os.Getenv("VITALPROXY_JDBC_JAR")
+	if jar == "" {
+		jar = "/usr/share/java/postgresql.jar"
+	}
+	if _, err := os.Stat(jar); err != nil {
+		needDriver(t, "no PostgreSQL JDBC driver at "+jar+" (apt-get install libpostgresql-jdbc-java, or set VITALPROXY_JDBC_JAR)")
+	}
+	return java, jar
+}
+
+// psycopgPython returns a Python interpreter that can import psycopg2:
+// VITALPROXY_PYTHON, else python3 on PATH, else /usr/bin/python3.
+func psycopgPython(t *testing.T) string {
+	t.Helper()
+	var candidates []string
+	if p := os.Getenv("VITALPROXY_PYTHON"); p != "" {
+		candidates = append(candidates, p)
+	}
+	if p, err := exec.LookPath("python3"); err == nil {
+		candidates = append(candidates, p)
+	}
+	candidates = append(candidates, "/usr/bin/python3")
+	for _, p := range candidates {
+		if exec.Command(p, "-c", "import psycopg2").Run() == nil {
+			return p
+		}
+	}
+	needDriver(t, "no python3 with psycopg2 (apt-get install python3-psycopg2, or set VITALPROXY_PYTHON)")
+	return ""
+}
+
+// preparedCount is how many protocol-level prepared statements transaction
+// mode has served so far (hits and misses).
+func preparedCount(t *testing.T, r *running) float64 {
+	t.Helper()
+	g := r.srv.Gatherer()
+	return metricValue(t, g, "vitalproxy_prepared_statements_total", map[string]string{"result": "hit"}) +
+		metricValue(t, g, "vitalproxy_prepared_statements_total", map[string]string{"result": "miss"})
+}
+
+// TestJDBC: two JDBC clients of different tenants, each on its own thread,
+// run a server-side prepared statement (prepareThreshold=1: named from the
+// first execution) in and out of transactions, read the catalogue through
+// DatabaseMetaData and recover from an error in a transaction. In
+// transaction mode they share one server connection, so each client's
+// named statements are prepared lazily on a backend the other client used.
+func TestJDBC(t *testing.T) {
+	noLeaks(t)
+	java, jar := jdbcRuntime(t)
+	f := getFixture(t)
+	src, err := filepath.Abs(filepath.Join("testdata", "TenantCheck.java"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 40
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := f.config(t)
+			if mode == "transaction" {
+				cfg = txConfig(t, f, 1)
+			}
+			r := startProxy(t, cfg)
+			url := fmt.Sprintf("jdbc:postgresql://%s:%d/%s", r.host, r.port, f.db)
+			alice := strings.Join([]string{"alice", "alice-pw", f.tenants[dhSlug], f.dhPrivate, f.platformPrivate}, ":")
+			bob := strings.Join([]string{"bob", "bob-pw", f.tenants[platformSlug], f.platformPrivate, f.dhPrivate}, ":")
+			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
+			defer cancel()
+			cmd := exec.CommandContext(ctx, java, "-cp", jar, src, url, fmt.Sprint(rounds), alice, bob)
+			cmd.Dir = t.TempDir()
+			out, err := cmd.CombinedOutput()
+			if err != nil {
+				t.Fatalf("JDBC client: %v\n%s", err, out)
+			}
+			for _, want := range []string{fmt.Sprintf("OK alice %d", rounds), fmt.Sprintf("OK bob %d", rounds)} {
+				if !strings.Contains(string(out), want) {
+					t.Errorf("JDBC client output lacks %q:\n%s", want, out)
+				}
+			}
+			if mode == "transaction" && preparedCount(t, r) < 2*rounds {
+				t.Errorf("%v protocol-level prepared statements went through transaction mode, want at least %d (the driver's named statements)",
+					preparedCount(t, r), 2*rounds)
+			}
+		})
+	}
+}
+
+// TestPsycopg: psycopg2 reads information_schema, runs parameterised
+// queries in transactions, recovers from an error and reads through a
+// server-side (named) cursor; in both pool modes, for two tenants.
+func TestPsycopg(t *testing.T) {
+	noLeaks(t)
+	python := psycopgPython(t)
+	f := getFixture(t)
+	script, err := filepath.Abs(filepath.Join("testdata", "tenant_check.py"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	const rounds = 20
+	for _, mode := range []string{"session", "transaction"} {
+		t.Run(mode, func(t *testing.T) {
+			cfg := f.config(t)
+			if mode == "transaction" {
+				cfg = txConfig(t, f, 1)
+			}
+			r := startProxy(t, cfg)
+			for _, c := range []struct{ user, pw, tenant, own, foreign string }{
+				{"alice", "alice-pw", dhSlug, f.dhPrivate, f.platformPrivate},
+				{"bob", "bob-pw", platformSlug, f.platformPrivate, f.dhPrivate},
+			} {
+				dsn := fmt.Sprintf("host=%s port=%d dbname=%s user=%s password=%s sslmode=disable application_name=tenant-check",
+					r.host, r.port, f.db, c.user, c.pw)
+				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+				cmd := exec.CommandContext(ctx, python, script, dsn, f.tenants[c.tenant], c.own, c.foreign, fmt.Sprint(rounds))
+				cmd.Dir = t.TempDir()
+				out, err := cmd.CombinedOutput()
+				cancel()
+				if err != nil {
+					t.Fatalf("psycopg2 client %s: %v\n%s", c.user, err, out)
+				}
+				if want := fmt.Sprintf("OK %d", rounds); !strings.Contains(string(out), want) {
+					t.Errorf("psycopg2 client %s output lacks %q:\n%s", c.user, want, out)
+				}
+			}
+		})
+	}
+}
