@@ -429,11 +429,12 @@ func (c *Config) RequireServe() error {
 }
 
 // checkURL reports an unparsable URL without echoing it (it may hold a
-// password).
+// password). The host is in the authority or, as libpq allows, in a host
+// parameter (a Unix socket directory: postgres:///app?host=/run/postgresql).
 func checkURL(what, raw string) error {
 	u, err := url.Parse(raw)
-	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || u.Host == "" {
-		return fmt.Errorf("%s is not a postgres:// URL with a host", what)
+	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && u.Query().Get("host") == "") {
+		return fmt.Errorf("%s is not a postgres:// URL with a host (or a host= parameter)", what)
 	}
 	return nil
 }

@@ -133,6 +133,12 @@ func TestRequire(t *testing.T) {
 	if err := cfg.RequireDatabaseURL(); err == nil || strings.Contains(err.Error(), "topsecret") {
 		t.Errorf("URL without host: %v", err)
 	}
+	// A Unix socket directory as libpq's host parameter is a host.
+	t.Setenv("VITALPROXY_DATABASE_URL", "postgres://u@/db?host=/run/postgresql&port=5433")
+	cfg, _ = config.Load(config.Options{})
+	if err := cfg.RequireDatabaseURL(); err != nil {
+		t.Errorf("URL with a socket directory as host parameter: %v", err)
+	}
 	if got := config.Redacted("postgres://u:topsecret@h/db"); strings.Contains(got, "topsecret") {
 		t.Errorf("Redacted = %s", got)
 	}
