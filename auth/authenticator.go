@@ -17,6 +17,11 @@ import (
 type Wire interface {
 	// Send encodes, writes and flushes messages.
 	Send(msgs ...pgproto3.BackendMessage) error
+	// Hold is for messages that ask nothing of the client
+	// (AuthenticationSASLFinal, AuthenticationOk): they are written no
+	// later than with the next Send, in its write, which saves the client
+	// a wake-up per message. A session that fails first never sends them.
+	Hold(msgs ...pgproto3.BackendMessage) error
 	// ReceivePassword returns the body of the next 'p' message (password,
 	// SASL initial response or SASL response); another message type is an
 	// error.
@@ -82,7 +87,8 @@ func NewAuthenticator(opts Options) *Authenticator {
 }
 
 // Authenticate runs the exchange from the first authentication request up to
-// and including AuthenticationOk, then binds the client to one tenant. A
+// and including AuthenticationOk (held: see Wire.Hold), then binds the
+// client to one tenant. A
 // failure is an *Error; whether a user exists never changes the messages the
 // client sees, only the Reason.
 func (a *Authenticator) Authenticate(ctx context.Context, dir *Directory, w Wire, req Request) (*Identity, error) {
@@ -107,7 +113,7 @@ func (a *Authenticator) Authenticate(ctx context.Context, dir *Directory, w Wire
 	if err != nil {
 		return nil, err
 	}
-	if err := w.Send(&pgproto3.AuthenticationOk{}); err != nil {
+	if err := w.Hold(&pgproto3.AuthenticationOk{}); err != nil {
 		return nil, protocolError("client went away during authentication", err)
 	}
 	return id, nil
@@ -220,7 +226,7 @@ func (a *Authenticator) scram(w Wire, name, verifier string) (bool, error) {
 		// A wrong proof and a malformed final message read alike.
 		return false, nil
 	}
-	if err := w.Send(&pgproto3.AuthenticationSASLFinal{Data: out}); err != nil {
+	if err := w.Hold(&pgproto3.AuthenticationSASLFinal{Data: out}); err != nil {
 		return false, err
 	}
 	return true, nil

@@ -36,6 +36,9 @@ func (w backendWire) Send(msgs ...pgproto3.BackendMessage) error {
 	return w.be.Flush()
 }
 
+// Hold writes at once: the test client reads each message as it comes.
+func (w backendWire) Hold(msgs ...pgproto3.BackendMessage) error { return w.Send(msgs...) }
+
 func (w backendWire) ReceivePassword() ([]byte, error) {
 	msg, err := w.be.Receive()
 	if err != nil {

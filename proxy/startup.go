@@ -301,20 +301,31 @@ type clientWire struct {
 	conn   net.Conn
 	maxLen int
 	buf    []byte
+	held   int // leading bytes of buf that Hold encoded and no write sent yet
 }
 
-// Send encodes msgs and writes them in one write.
+// Send encodes msgs and writes them, after any held messages, in one write.
 func (w *clientWire) Send(msgs ...pgproto3.BackendMessage) error {
-	b := w.buf[:0]
+	if err := w.Hold(msgs...); err != nil {
+		return err
+	}
+	b := w.buf[:w.held]
+	w.held = 0
+	_, err := w.conn.Write(b)
+	return err
+}
+
+// Hold encodes msgs to be written with the next Send (see auth.Wire).
+func (w *clientWire) Hold(msgs ...pgproto3.BackendMessage) error {
+	b := w.buf[:w.held]
 	for _, m := range msgs {
 		var err error
 		if b, err = m.Encode(b); err != nil {
 			return fmt.Errorf("encode %T: %w", m, err)
 		}
 	}
-	w.buf = b
-	_, err := w.conn.Write(b)
-	return err
+	w.buf, w.held = b, len(b)
+	return nil
 }
 
 // ReceivePassword returns the body of the next message, which must be a

@@ -8,6 +8,7 @@ import (
 	"net"
 	"strings"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
 )
@@ -219,6 +220,53 @@ func TestClientWireReceivePassword(t *testing.T) {
 				t.Fatalf("body = %q", body)
 			}
 		})
+	}
+}
+
+// TestClientWireHold: held messages go out with the next Send, all in one
+// write, in order; Hold alone writes nothing.
+func TestClientWireHold(t *testing.T) {
+	c1, c2 := net.Pipe()
+	defer c1.Close()
+	defer c2.Close()
+	w := &clientWire{conn: c1, maxLen: 1000}
+	// Any write now fails at once: Hold must not write.
+	_ = c1.SetWriteDeadline(time.Unix(1, 0))
+	final := &pgproto3.AuthenticationSASLFinal{Data: []byte("v=signature")}
+	if err := w.Hold(final); err != nil {
+		t.Fatal(err)
+	}
+	if err := w.Hold(&pgproto3.AuthenticationOk{}); err != nil {
+		t.Fatal(err)
+	}
+	_ = c1.SetWriteDeadline(time.Time{})
+	got := make(chan []byte, 1)
+	go func() {
+		buf := make([]byte, 4096)
+		n, _ := c2.Read(buf)
+		got <- buf[:n]
+	}()
+	if err := w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
+		t.Fatal(err)
+	}
+	var want []byte
+	for _, m := range []pgproto3.BackendMessage{final, &pgproto3.AuthenticationOk{}, &pgproto3.ReadyForQuery{TxStatus: 'I'}} {
+		want, _ = m.Encode(want)
+	}
+	if b := <-got; !bytes.Equal(b, want) {
+		t.Fatalf("first read = %q, want the held messages and the sent one in one write: %q", b, want)
+	}
+	// Nothing stays held after a Send.
+	go func() {
+		buf := make([]byte, 4096)
+		n, _ := c2.Read(buf)
+		got <- buf[:n]
+	}()
+	if err := w.Send(&pgproto3.ReadyForQuery{TxStatus: 'T'}); err != nil {
+		t.Fatal(err)
+	}
+	if b, want := <-got, []byte{'Z', 0, 0, 0, 5, 'T'}; !bytes.Equal(b, want) {
+		t.Fatalf("second write = %q, want %q", b, want)
 	}
 }
 
