@@ -80,7 +80,9 @@ func preparedCount(t *testing.T, r *running) float64 {
 // TestJDBC: two JDBC clients of different tenants, each on its own thread,
 // run a server-side prepared statement (prepareThreshold=1: named from the
 // first execution) in and out of transactions, read the catalogue through
-// DatabaseMetaData and recover from an error in a transaction. In
+// DatabaseMetaData, page through a result one row at a time (a portal
+// executed repeatedly inside a transaction, as BI tools fetch) and recover
+// from an error in a transaction. In
 // transaction mode they share one server connection, so each client's
 // named statements are prepared lazily on a backend the other client used.
 func TestJDBC(t *testing.T) {

@@ -87,6 +87,23 @@ public class TenantCheck {
                 }
             }
             c.setAutoCommit(true);
+            // A cursor-based fetch, as BI tools page through results: in a
+            // transaction the driver executes its portal one row at a time.
+            c.setAutoCommit(false);
+            List<String> names = new ArrayList<>();
+            try (PreparedStatement ps = c.prepareStatement("SELECT name FROM agents ORDER BY name")) {
+                ps.setFetchSize(1);
+                try (ResultSet rs = ps.executeQuery()) {
+                    while (rs.next()) {
+                        names.add(rs.getString(1));
+                    }
+                }
+            }
+            c.commit();
+            c.setAutoCommit(true);
+            if (!names.contains(own) || names.contains(foreign) || names.size() < 2) {
+                throw new SQLException("fetching one row at a time saw " + names);
+            }
             // An error inside a transaction leaves the connection usable.
             c.setAutoCommit(false);
             try (PreparedStatement bad = c.prepareStatement("SELECT 1 / (? - 1)")) {
