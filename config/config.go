@@ -445,5 +445,14 @@ func Redacted(raw string) string {
 	if err != nil {
 		return "[unparsable URL]"
 	}
+	// libpq also takes secrets as parameters.
+	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
+		for _, k := range []string{"password", "sslpassword"} {
+			if q.Has(k) {
+				q.Set(k, "xxxxx")
+			}
+		}
+		u.RawQuery = q.Encode()
+	}
 	return u.Redacted()
 }

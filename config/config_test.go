@@ -139,7 +139,14 @@ func TestRequire(t *testing.T) {
 	if err := cfg.RequireDatabaseURL(); err != nil {
 		t.Errorf("URL with a socket directory as host parameter: %v", err)
 	}
-	if got := config.Redacted("postgres://u:topsecret@h/db"); strings.Contains(got, "topsecret") {
-		t.Errorf("Redacted = %s", got)
+	for _, raw := range []string{
+		"postgres://u:topsecret@h/db",
+		"postgres://u@h/db?password=topsecret",
+		"postgres://u@/db?host=/run/postgresql&password=topsecret&sslpassword=topsecret",
+	} {
+		got := config.Redacted(raw)
+		if strings.Contains(got, "topsecret") || !strings.Contains(got, "xxxxx") {
+			t.Errorf("Redacted(%s) = %s", raw, got)
+		}
 	}
 }

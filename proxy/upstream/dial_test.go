@@ -3,6 +3,7 @@ package upstream_test
 import (
 	"context"
 	"errors"
+	"strings"
 	"testing"
 	"time"
 
@@ -122,4 +123,29 @@ func containsAny(s string, subs ...string) bool {
 		}
 	}
 	return false
+}
+
+// TestNewDialerErrorHidesPasswords: a URL pgconn refuses is reported without
+// the passwords it carries, in any of the forms libpq accepts (pgconn masks
+// them in its message; this keeps that true across upgrades).
+func TestNewDialerErrorHidesPasswords(t *testing.T) {
+	for _, raw := range []string{
+		"postgres://u:topsecret@h/db?sslmode=bogus",
+		"postgres://u@h/db?password=topsecret&sslmode=bogus",
+		"postgres://u@/db?host=/run/postgresql&sslpassword=topsecret&port=notaport",
+		"host=h password=topsecret sslmode=bogus",
+		"host=h password='top secret' sslmode=bogus",
+	} {
+		_, err := upstream.NewDialer(raw, func(string) string { return "" }, time.Second)
+		if err == nil {
+			t.Errorf("%s: accepted", raw)
+			continue
+		}
+		if strings.Contains(err.Error(), "topsecret") || strings.Contains(err.Error(), "top secret") {
+			t.Errorf("error shows the password: %v", err)
+		}
+		if !strings.Contains(err.Error(), "parse upstream URL") {
+			t.Errorf("error %q does not say what failed", err)
+		}
+	}
 }
