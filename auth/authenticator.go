@@ -88,9 +88,8 @@ func NewAuthenticator(opts Options) *Authenticator {
 
 // Authenticate runs the exchange from the first authentication request up to
 // and including AuthenticationOk (held: see Wire.Hold), then binds the
-// client to one tenant. A
-// failure is an *Error; whether a user exists never changes the messages the
-// client sees, only the Reason.
+// client to one tenant. A failure is an *Error; whether a user exists never
+// changes the messages the client sees, only the Reason.
 func (a *Authenticator) Authenticate(ctx context.Context, dir *Directory, w Wire, req Request) (*Identity, error) {
 	name, slug := dir.SplitUser(req.StartupUser)
 	user, known := dir.User(name)
