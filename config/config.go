@@ -428,9 +428,10 @@ func (c *Config) RequireServe() error {
 	return joinErrors(errs)
 }
 
-// checkURL reports an unparsable URL without echoing it (it may hold a
-// password). The host is in the authority or, as libpq allows, in a host
-// parameter (a Unix socket directory: postgres:///app?host=/run/postgresql).
+// checkURL reports a URL that is not a postgres:// URL with a host, naming
+// it as what and without echoing it (it may hold a password). The host is in
+// the authority or, as libpq allows, in a host parameter (a Unix socket
+// directory: postgres:///app?host=/run/postgresql).
 func checkURL(what, raw string) error {
 	u, err := url.Parse(raw)
 	if err != nil || (u.Scheme != "postgres" && u.Scheme != "postgresql") || (u.Host == "" && u.Query().Get("host") == "") {
@@ -446,13 +447,12 @@ func Redacted(raw string) string {
 		return "[unparsable URL]"
 	}
 	// libpq also takes secrets as parameters.
-	if q := u.Query(); q.Has("password") || q.Has("sslpassword") {
-		for _, k := range []string{"password", "sslpassword"} {
-			if q.Has(k) {
-				q.Set(k, "xxxxx")
-			}
+	q := u.Query()
+	for _, k := range []string{"password", "sslpassword"} {
+		if q.Has(k) {
+			q.Set(k, "xxxxx")
+			u.RawQuery = q.Encode()
 		}
-		u.RawQuery = q.Encode()
 	}
 	return u.Redacted()
 }

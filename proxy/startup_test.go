@@ -240,12 +240,17 @@ func TestClientWireHold(t *testing.T) {
 		t.Fatal(err)
 	}
 	_ = c1.SetWriteDeadline(time.Time{})
-	got := make(chan []byte, 1)
-	go func() {
-		buf := make([]byte, 4096)
-		n, _ := c2.Read(buf)
-		got <- buf[:n]
-	}()
+	// readOnce returns what one read of c2 gets: one write of c1 (net.Pipe).
+	readOnce := func() <-chan []byte {
+		got := make(chan []byte, 1)
+		go func() {
+			buf := make([]byte, 4096)
+			n, _ := c2.Read(buf)
+			got <- buf[:n]
+		}()
+		return got
+	}
+	got := readOnce()
 	if err := w.Send(&pgproto3.ReadyForQuery{TxStatus: 'I'}); err != nil {
 		t.Fatal(err)
 	}
@@ -257,11 +262,7 @@ func TestClientWireHold(t *testing.T) {
 		t.Fatalf("first read = %q, want the held messages and the sent one in one write: %q", b, want)
 	}
 	// Nothing stays held after a Send.
-	go func() {
-		buf := make([]byte, 4096)
-		n, _ := c2.Read(buf)
-		got <- buf[:n]
-	}()
+	got = readOnce()
 	if err := w.Send(&pgproto3.ReadyForQuery{TxStatus: 'T'}); err != nil {
 		t.Fatal(err)
 	}

@@ -29,7 +29,7 @@ go build -o "$bin" ./cmd/vitalproxy
 
 admin="postgres://$BENCH_ADMIN_USER@/$PGDATABASE?host=$BENCH_ADMIN_HOST&port=$BENCH_ADMIN_PORT&sslmode=disable"
 # Every target of one run derives the same tenant role passwords.
-secret=$(printf '%s' "$BENCH_SCRAM_SECRET" | sha256sum | cut -c1-64 | xxd -r -p | base64)
+secret=$(printf '%s' "$BENCH_SCRAM_SECRET" | sha256sum | cut -c1-64 | base64 -w0)
 verifier=$(printf '%s' "$password" | "$bin" passwd)
 tx_pool=${TX_POOL:-20}
 

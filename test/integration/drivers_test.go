@@ -77,43 +77,71 @@ func preparedCount(t *testing.T, r *running) float64 {
 		metricValue(t, g, "vitalproxy_prepared_statements_total", map[string]string{"result": "miss"})
 }
 
+// driverClient is a fixture user with the agent it must see and the one it
+// must not.
+type driverClient struct{ user, pw, tenantID, own, foreign string }
+
+// driverClients returns the two tenants' clients the driver tests run.
+func driverClients(f *fixture) []driverClient {
+	return []driverClient{
+		{"alice", "alice-pw", f.tenants[dhSlug], f.dhPrivate, f.platformPrivate},
+		{"bob", "bob-pw", f.tenants[platformSlug], f.platformPrivate, f.dhPrivate},
+	}
+}
+
+// driverProxy starts the fixture's proxy in mode; transaction mode gets one
+// server connection, which the test's clients share.
+func driverProxy(t *testing.T, f *fixture, mode string) *running {
+	t.Helper()
+	cfg := f.config(t)
+	if mode == "transaction" {
+		cfg = txConfig(t, f, 1)
+	}
+	return startProxy(t, cfg)
+}
+
+// testdataFile returns the absolute path of a file in testdata.
+func testdataFile(t *testing.T, name string) string {
+	t.Helper()
+	p, err := filepath.Abs(filepath.Join("testdata", name))
+	if err != nil {
+		t.Fatal(err)
+	}
+	return p
+}
+
 // TestJDBC: two JDBC clients of different tenants, each on its own thread,
 // run a server-side prepared statement (prepareThreshold=1: named from the
 // first execution) in and out of transactions, read the catalogue through
 // DatabaseMetaData, page through a result one row at a time (a portal
 // executed repeatedly inside a transaction, as BI tools fetch) and recover
-// from an error in a transaction. In
-// transaction mode they share one server connection, so each client's
-// named statements are prepared lazily on a backend the other client used.
+// from an error in a transaction. In transaction mode they share one server
+// connection, so each client's named statements are prepared lazily on a
+// backend the other client used.
 func TestJDBC(t *testing.T) {
 	noLeaks(t)
 	java, jar := jdbcRuntime(t)
 	f := getFixture(t)
-	src, err := filepath.Abs(filepath.Join("testdata", "TenantCheck.java"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	src := testdataFile(t, "TenantCheck.java")
 	const rounds = 40
 	for _, mode := range []string{"session", "transaction"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg := f.config(t)
-			if mode == "transaction" {
-				cfg = txConfig(t, f, 1)
-			}
-			r := startProxy(t, cfg)
+			r := driverProxy(t, f, mode)
 			url := fmt.Sprintf("jdbc:postgresql://%s:%d/%s", r.host, r.port, f.db)
-			alice := strings.Join([]string{"alice", "alice-pw", f.tenants[dhSlug], f.dhPrivate, f.platformPrivate}, ":")
-			bob := strings.Join([]string{"bob", "bob-pw", f.tenants[platformSlug], f.platformPrivate, f.dhPrivate}, ":")
+			args := []string{"-cp", jar, src, url, fmt.Sprint(rounds)}
+			for _, c := range driverClients(f) {
+				args = append(args, strings.Join([]string{c.user, c.pw, c.tenantID, c.own, c.foreign}, ":"))
+			}
 			ctx, cancel := context.WithTimeout(context.Background(), 3*time.Minute)
 			defer cancel()
-			cmd := exec.CommandContext(ctx, java, "-cp", jar, src, url, fmt.Sprint(rounds), alice, bob)
+			cmd := exec.CommandContext(ctx, java, args...)
 			cmd.Dir = t.TempDir()
 			out, err := cmd.CombinedOutput()
 			if err != nil {
 				t.Fatalf("JDBC client: %v\n%s", err, out)
 			}
-			for _, want := range []string{fmt.Sprintf("OK alice %d", rounds), fmt.Sprintf("OK bob %d", rounds)} {
-				if !strings.Contains(string(out), want) {
+			for _, c := range driverClients(f) {
+				if want := fmt.Sprintf("OK %s %d", c.user, rounds); !strings.Contains(string(out), want) {
 					t.Errorf("JDBC client output lacks %q:\n%s", want, out)
 				}
 			}
@@ -132,26 +160,16 @@ func TestPsycopg(t *testing.T) {
 	noLeaks(t)
 	python := psycopgPython(t)
 	f := getFixture(t)
-	script, err := filepath.Abs(filepath.Join("testdata", "tenant_check.py"))
-	if err != nil {
-		t.Fatal(err)
-	}
+	script := testdataFile(t, "tenant_check.py")
 	const rounds = 20
 	for _, mode := range []string{"session", "transaction"} {
 		t.Run(mode, func(t *testing.T) {
-			cfg := f.config(t)
-			if mode == "transaction" {
-				cfg = txConfig(t, f, 1)
-			}
-			r := startProxy(t, cfg)
-			for _, c := range []struct{ user, pw, tenant, own, foreign string }{
-				{"alice", "alice-pw", dhSlug, f.dhPrivate, f.platformPrivate},
-				{"bob", "bob-pw", platformSlug, f.platformPrivate, f.dhPrivate},
-			} {
+			r := driverProxy(t, f, mode)
+			for _, c := range driverClients(f) {
 				dsn := fmt.Sprintf("host=%s port=%d dbname=%s user=%s password=%s sslmode=disable application_name=tenant-check",
 					r.host, r.port, f.db, c.user, c.pw)
 				ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-				cmd := exec.CommandContext(ctx, python, script, dsn, f.tenants[c.tenant], c.own, c.foreign, fmt.Sprint(rounds))
+				cmd := exec.CommandContext(ctx, python, script, dsn, c.tenantID, c.own, c.foreign, fmt.Sprint(rounds))
 				cmd.Dir = t.TempDir()
 				out, err := cmd.CombinedOutput()
 				cancel()

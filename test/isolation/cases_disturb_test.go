@@ -33,11 +33,7 @@ func disturbCases() []attackCase {
 }
 
 func caseNotifyInto(ctx context.Context, e *env) error {
-	vc, err := e.victim(ctx)
-	if err != nil {
-		return err
-	}
-	ac, err := e.attacker(ctx)
+	vc, ac, err := e.victimAndAttacker(ctx)
 	if err != nil {
 		return err
 	}
@@ -88,11 +84,7 @@ func selfNotify(ctx context.Context, conn *pgx.Conn, ch string) error {
 }
 
 func caseListenOn(ctx context.Context, e *env) error {
-	vc, err := e.victim(ctx)
-	if err != nil {
-		return err
-	}
-	ac, err := e.attacker(ctx)
+	vc, ac, err := e.victimAndAttacker(ctx)
 	if err != nil {
 		return err
 	}
@@ -427,11 +419,7 @@ func caseSharedRowLocks(ctx context.Context, e *env) error {
 // deliver anything across tenants. The positive control, first, shows the
 // attacker's session receives its own notifications.
 func caseNotifyAround(ctx context.Context, e *env) error {
-	vc, err := e.victim(ctx)
-	if err != nil {
-		return err
-	}
-	ac, err := e.attacker(ctx)
+	vc, ac, err := e.victimAndAttacker(ctx)
 	if err != nil {
 		return err
 	}

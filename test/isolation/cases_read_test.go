@@ -231,11 +231,7 @@ func caseTenantFunctions(ctx context.Context, e *env) error {
 }
 
 func caseActivityQuery(ctx context.Context, e *env) error {
-	vc, err := e.victim(ctx)
-	if err != nil {
-		return err
-	}
-	ac, err := e.attacker(ctx)
+	vc, ac, err := e.victimAndAttacker(ctx)
 	if err != nil {
 		return err
 	}
@@ -291,11 +287,7 @@ func caseActivityQuery(ctx context.Context, e *env) error {
 }
 
 func caseActivityAppName(ctx context.Context, e *env) error {
-	vc, err := e.victim(ctx)
-	if err != nil {
-		return err
-	}
-	ac, err := e.attacker(ctx)
+	vc, ac, err := e.victimAndAttacker(ctx)
 	if err != nil {
 		return err
 	}

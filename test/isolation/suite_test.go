@@ -142,6 +142,18 @@ func (e *env) attacker(ctx context.Context) (*pgx.Conn, error) { return e.connec
 // victim opens a read-write session of the victim's tenant.
 func (e *env) victim(ctx context.Context) (*pgx.Conn, error) { return e.connect(ctx, e.vic, userRW) }
 
+// victimAndAttacker opens a read-write session of each tenant, the victim's
+// first.
+func (e *env) victimAndAttacker(ctx context.Context) (victim, attacker *pgx.Conn, err error) {
+	if victim, err = e.victim(ctx); err != nil {
+		return nil, nil, err
+	}
+	if attacker, err = e.attacker(ctx); err != nil {
+		return nil, nil, err
+	}
+	return victim, attacker, nil
+}
+
 // admin opens a superuser session. Cases use it only for controls (showing
 // that a probe would see what it looks for) and cleanup, never to attack.
 func (e *env) admin(ctx context.Context) (*pgx.Conn, error) {
