@@ -14,6 +14,8 @@ import (
 	"unsafe"
 
 	"golang.org/x/sys/unix"
+
+	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 )
 
 // The event loops forward session-mode bytes between plain sockets the way
@@ -263,7 +265,7 @@ func (l *evLoop) pump(j *fwdJob, fd int) {
 	if !fromClient {
 		peer, fr = j.clientFd, &j.fromServer
 	}
-	n, err := rawRead(fd, l.buf)
+	n, err := rawio.Recv(fd, l.buf)
 	if err == unix.EAGAIN || err == unix.EINTR {
 		return
 	}
@@ -303,33 +305,6 @@ func epollPoll(epfd int, events []unix.EpollEvent) (int, error) {
 	return int(n), nil
 }
 
-// rawRead and rawWrite receive and send on the loop's non-blocking sockets
-// without the scheduler's syscall bookkeeping (entersyscall and
-// exitsyscall), which a call that cannot block does not need. They use
-// recvfrom and sendto, which reach the socket without the file layer that
-// read and write pass through.
-func rawRead(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
-	if e != 0 {
-		return -1, e
-	}
-	return int(n), nil
-}
-
-func rawWrite(fd int, p []byte) (int, error) {
-	if len(p) == 0 {
-		return 0, nil
-	}
-	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
-	if e != 0 {
-		return -1, e
-	}
-	return int(n), nil
-}
-
 // write sends data to fd, keeping what the socket does not take and
 // pausing the source until it drains. It reports false when the job ended.
 func (l *evLoop) write(j *fwdJob, fd int, data []byte) bool {
@@ -344,7 +319,7 @@ func (l *evLoop) write(j *fwdJob, fd int, data []byte) bool {
 		return true
 	}
 	for len(data) > 0 {
-		n, err := rawWrite(fd, data)
+		n, err := rawio.Send(fd, data)
 		if err == unix.EINTR {
 			continue
 		}
@@ -373,7 +348,7 @@ func (l *evLoop) flush(j *fwdJob, fd int) {
 		src = j.serverFd
 	}
 	for len(*pending) > 0 {
-		n, err := rawWrite(fd, *pending)
+		n, err := rawio.Send(fd, *pending)
 		if err == unix.EINTR {
 			continue
 		}

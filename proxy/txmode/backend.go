@@ -11,6 +11,7 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 )
 
 // idleCheckAfter: a backend idle in the pool longer than this is checked
@@ -60,9 +61,10 @@ func stateOf(b *pool.Backend) *serverState {
 	if st, ok := b.Data.(*serverState); ok {
 		return st
 	}
+	conn := rawio.Wrap(b.Conn.Conn)
 	st := &serverState{
-		conn:   b.Conn.Conn,
-		in:     newMsgReader(b.Conn.Conn, serverReadBuffer),
+		conn:   conn,
+		in:     newMsgReader(conn, serverReadBuffer),
 		wbuf:   make([]byte, 0, 4096),
 		cbuf:   make([]byte, 0, flushThreshold+4096),
 		stmts:  make(map[stmtKey]*srvStmt),

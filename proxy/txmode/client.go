@@ -17,6 +17,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 )
 
 // ErrServerLost means the backend died while the client was inside a
@@ -120,6 +121,7 @@ func NewClient(conn net.Conn, opts Options) (*Client, error) {
 	if err != nil {
 		return nil, err
 	}
+	conn = rawio.Wrap(conn)
 	c := &Client{
 		conn:     conn,
 		opts:     opts,

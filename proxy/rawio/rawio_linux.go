@@ -1,0 +1,161 @@
+package rawio
+
+import (
+	"errors"
+	"io"
+	"net"
+	"os"
+	"syscall"
+	"unsafe"
+
+	"golang.org/x/sys/unix"
+)
+
+// Recv receives into p from the non-blocking socket fd. It returns 0 and
+// nil at end-of-file, and unix.EAGAIN when nothing is there yet.
+func Recv(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_RECVFROM, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), 0, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// Send sends from p on the non-blocking socket fd, without SIGPIPE. It
+// returns unix.EAGAIN when the socket takes nothing now.
+func Send(fd int, p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	n, _, e := unix.RawSyscall6(unix.SYS_SENDTO, uintptr(fd), uintptr(unsafe.Pointer(&p[0])), uintptr(len(p)), unix.MSG_NOSIGNAL, 0, 0)
+	if e != 0 {
+		return -1, e
+	}
+	return int(n), nil
+}
+
+// Conn is a net.Conn whose Read and Write use Recv and Send through the
+// runtime's poller (deadlines and Close work as for the wrapped
+// connection). At most one Read and one Write may run at a time.
+type Conn struct {
+	net.Conn
+	rc syscall.RawConn
+
+	// State of the Read and the Write in progress, kept here so that
+	// the callbacks handed to rc are made once, not per call.
+	rp      []byte
+	rn      int
+	rerr    error
+	wp      []byte
+	wn      int
+	werr    error
+	readFn  func(uintptr) bool
+	writeFn func(uintptr) bool
+}
+
+// Wrap returns c as a *Conn when c is a plain TCP or Unix socket, else c
+// itself (a TLS connection, for one, keeps its own Read and Write).
+func Wrap(c net.Conn) net.Conn {
+	var rc syscall.RawConn
+	var err error
+	switch t := c.(type) {
+	case *net.TCPConn:
+		rc, err = t.SyscallConn()
+	case *net.UnixConn:
+		rc, err = t.SyscallConn()
+	default:
+		return c
+	}
+	if err != nil {
+		return c
+	}
+	w := &Conn{Conn: c, rc: rc}
+	w.readFn, w.writeFn = w.recv, w.send
+	return w
+}
+
+// SyscallConn returns the wrapped socket's raw connection.
+func (c *Conn) SyscallConn() (syscall.RawConn, error) { return c.rc, nil }
+
+// Read reads like the wrapped connection's Read.
+func (c *Conn) Read(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.rp, c.rn, c.rerr = p, 0, nil
+	err := c.rc.Read(c.readFn)
+	n, rerr := c.rn, c.rerr
+	c.rp = nil
+	if err != nil {
+		return 0, c.opError("read", err)
+	}
+	if rerr != nil && rerr != io.EOF {
+		rerr = c.opError("read", os.NewSyscallError("recvfrom", rerr))
+	}
+	return n, rerr
+}
+
+func (c *Conn) recv(fd uintptr) bool {
+	for {
+		n, err := Recv(int(fd), c.rp)
+		switch {
+		case err == nil && n == 0:
+			c.rerr = io.EOF
+		case err == nil:
+			c.rn = n
+		case errors.Is(err, unix.EINTR):
+			continue
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		default:
+			c.rerr = err
+		}
+		return true
+	}
+}
+
+// Write writes all of p like the wrapped connection's Write.
+func (c *Conn) Write(p []byte) (int, error) {
+	if len(p) == 0 {
+		return 0, nil
+	}
+	c.wp, c.wn, c.werr = p, 0, nil
+	err := c.rc.Write(c.writeFn)
+	n, werr := c.wn, c.werr
+	c.wp = nil
+	if err != nil {
+		return n, c.opError("write", err)
+	}
+	if werr != nil {
+		werr = c.opError("write", os.NewSyscallError("sendto", werr))
+	}
+	return n, werr
+}
+
+func (c *Conn) send(fd uintptr) bool {
+	for c.wn < len(c.wp) {
+		n, err := Send(int(fd), c.wp[c.wn:])
+		switch {
+		case err == nil:
+			c.wn += n
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return false
+		default:
+			c.werr = err
+			return true
+		}
+	}
+	return true
+}
+
+func (c *Conn) opError(op string, err error) error {
+	var oe *net.OpError
+	if errors.As(err, &oe) {
+		return err
+	}
+	return &net.OpError{Op: op, Net: c.LocalAddr().Network(), Source: c.LocalAddr(), Addr: c.RemoteAddr(), Err: err}
+}
