@@ -52,8 +52,10 @@ type Conn struct {
 	wp      []byte
 	wn      int
 	werr    error
+	armed   bool // SendThenRead sent everything and waits
 	readFn  func(uintptr) bool
 	writeFn func(uintptr) bool
+	askFn   func(uintptr) bool
 }
 
 // Wrap returns c as a *Conn when c is a plain TCP or Unix socket, else c
@@ -73,7 +75,7 @@ func Wrap(c net.Conn) net.Conn {
 		return c
 	}
 	w := &Conn{Conn: c, rc: rc}
-	w.readFn, w.writeFn = w.recv, w.send
+	w.readFn, w.writeFn, w.askFn = w.recv, w.send, w.ask
 	return w
 }
 
@@ -115,6 +117,57 @@ func (c *Conn) recv(fd uintptr) bool {
 		}
 		return true
 	}
+}
+
+// SendThenRead sends out, then reads into p like Read. When all of out
+// goes at once it waits for the poller to report an answer before it
+// receives, which saves a receive that would find nothing: the caller must
+// know that out asks the peer for an answer (a request arriving before it
+// is sent could otherwise go unnoticed). It returns how much of out it
+// sent; when the socket took less, it returns without reading (n is 0,
+// err nil), and the caller writes the rest and reads itself.
+func (c *Conn) SendThenRead(out, p []byte) (sent, n int, err error) {
+	if len(out) == 0 || len(p) == 0 {
+		n, err = c.Read(p)
+		return 0, n, err
+	}
+	c.wp, c.wn, c.werr, c.armed = out, 0, nil, false
+	c.rp, c.rn, c.rerr = p, 0, nil
+	err = c.rc.Read(c.askFn)
+	sent, werr, n, rerr := c.wn, c.werr, c.rn, c.rerr
+	c.wp, c.rp = nil, nil
+	switch {
+	case werr != nil:
+		return sent, 0, c.opError("write", os.NewSyscallError("sendto", werr))
+	case err != nil:
+		return sent, 0, c.opError("read", err)
+	case rerr != nil && rerr != io.EOF:
+		return sent, n, c.opError("read", os.NewSyscallError("recvfrom", rerr))
+	}
+	return sent, n, rerr
+}
+
+func (c *Conn) ask(fd uintptr) bool {
+	if c.armed {
+		return c.recv(fd)
+	}
+	for c.wn < len(c.wp) {
+		n, err := Send(int(fd), c.wp[c.wn:])
+		switch {
+		case err == nil:
+			c.wn += n
+		case errors.Is(err, unix.EINTR):
+		case errors.Is(err, unix.EAGAIN):
+			return true // the caller sends the rest
+		default:
+			c.werr = err
+			return true
+		}
+	}
+	// The poller was reset before the send: whatever the peer answers
+	// arrives later and is reported.
+	c.armed = true
+	return false
 }
 
 // Write writes all of p like the wrapped connection's Write.

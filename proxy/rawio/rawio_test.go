@@ -138,3 +138,101 @@ func TestWrapLeavesOtherConns(t *testing.T) {
 		t.Errorf("Wrap(*tls.Conn) = %T, want it unchanged", got)
 	}
 }
+
+func TestSendThenRead(t *testing.T) {
+	// answer makes the peer read n bytes, then send reply (or close).
+	answer := func(peer net.Conn, n int, reply string) <-chan error {
+		done := make(chan error, 1)
+		go func() {
+			if _, err := io.ReadFull(peer, make([]byte, n)); err != nil {
+				done <- err
+				return
+			}
+			if reply == "" {
+				done <- peer.Close()
+				return
+			}
+			_, err := peer.Write([]byte(reply))
+			done <- err
+		}()
+		return done
+	}
+	for _, network := range []string{"tcp", "unix"} {
+		t.Run(network, func(t *testing.T) {
+			t.Run("answer", func(t *testing.T) {
+				w, peer := pair(t, network)
+				done := answer(peer, 3, "pong")
+				buf := make([]byte, 16)
+				sent, n, err := w.SendThenRead([]byte("ask"), buf)
+				if sent != 3 || err != nil || string(buf[:n]) != "pong" {
+					t.Fatalf("SendThenRead = %d, %q, %v; want 3, \"pong\", nil", sent, buf[:n], err)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Run("data already waiting is read", func(t *testing.T) {
+				w, peer := pair(t, network)
+				if _, err := peer.Write([]byte("early")); err != nil {
+					t.Fatal(err)
+				}
+				time.Sleep(10 * time.Millisecond) // the poller has seen it
+				done := answer(peer, 3, "late")
+				var got []byte
+				buf := make([]byte, 16)
+				_, n, err := w.SendThenRead([]byte("ask"), buf)
+				got = append(got, buf[:n]...)
+				for err == nil && len(got) < len("earlylate") {
+					n, err = w.Read(buf)
+					got = append(got, buf[:n]...)
+				}
+				if err != nil || string(got) != "earlylate" {
+					t.Fatalf("read %q, %v; want \"earlylate\"", got, err)
+				}
+				<-done
+			})
+			t.Run("end of file after the send", func(t *testing.T) {
+				w, peer := pair(t, network)
+				done := answer(peer, 3, "")
+				sent, n, err := w.SendThenRead([]byte("ask"), make([]byte, 16))
+				if sent != 3 || n != 0 || err != io.EOF {
+					t.Fatalf("SendThenRead = %d, %d, %v; want 3, 0, io.EOF", sent, n, err)
+				}
+				<-done
+			})
+			t.Run("socket full: returns without reading", func(t *testing.T) {
+				w, peer := pair(t, network)
+				big := bytes.Repeat([]byte("x"), 16<<20)
+				sent, n, err := w.SendThenRead(big, make([]byte, 16))
+				if sent == 0 || sent >= len(big) || n != 0 || err != nil {
+					t.Fatalf("SendThenRead = %d, %d, %v; want part sent, 0, nil", sent, n, err)
+				}
+				done := answer(peer, len(big), "ok")
+				if _, err := w.Write(big[sent:]); err != nil {
+					t.Fatal(err)
+				}
+				buf := make([]byte, 2)
+				if _, err := io.ReadFull(w, buf); err != nil || string(buf) != "ok" {
+					t.Fatalf("read %q, %v", buf, err)
+				}
+				if err := <-done; err != nil {
+					t.Fatal(err)
+				}
+			})
+			t.Run("interrupted by a read deadline after the send", func(t *testing.T) {
+				w, peer := pair(t, network)
+				if err := w.SetReadDeadline(time.Now().Add(30 * time.Millisecond)); err != nil {
+					t.Fatal(err)
+				}
+				sent, _, err := w.SendThenRead([]byte("ask"), make([]byte, 16))
+				if sent != 3 || !errors.Is(err, os.ErrDeadlineExceeded) {
+					t.Fatalf("SendThenRead = %d, %v; want 3 and a deadline error", sent, err)
+				}
+				got := make([]byte, 3)
+				if _, err := io.ReadFull(peer, got); err != nil || string(got) != "ask" {
+					t.Fatalf("peer read %q, %v", got, err)
+				}
+			})
+		})
+	}
+}

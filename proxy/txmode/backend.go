@@ -36,6 +36,9 @@ type serverState struct {
 	stmts map[stmtKey]*srvStmt
 	clock uint64 // statement use counter, for LRU
 	seg   uint64 // ReadyForQuery-producing messages written so far
+	// asked: wbuf holds a message the server answers (a Query or Sync);
+	// sendFirst: wbuf goes out as the wait for that answer begins.
+	asked, sendFirst bool
 
 	// applied are the client settings in effect (nil: server defaults).
 	applied *settings
@@ -214,6 +217,42 @@ func (st *serverState) exec(msgs []byte, wantZ int, timeout time.Duration) (stat
 		}
 	}
 	return status, pgErr, nil
+}
+
+// fillAfter reads more from the server into st.in, as st.in.fill(need),
+// after sending out (nil: nothing), which asks for an answer (see
+// Client.askAndWait), through rawio's SendThenRead. What the socket does
+// not take at once is written before reading as usual.
+func (st *serverState) fillAfter(out []byte, need int) error {
+	in := &st.in
+	rc, ok := st.conn.(*rawio.Conn)
+	if out == nil || !ok || in.r != in.w {
+		if out != nil {
+			if _, err := st.conn.Write(out); err != nil {
+				return fmt.Errorf("write to server: %w", err)
+			}
+		}
+		return in.fill(need)
+	}
+	in.r, in.w = 0, 0
+	sent, n, err := rc.SendThenRead(out, in.buf)
+	in.w = n
+	if sent < len(out) {
+		// The socket was full, or the wait was interrupted before the
+		// send (a read deadline does not stop writes): the answer the
+		// caller goes on to wait for must have been asked for.
+		if _, werr := st.conn.Write(out[sent:]); werr != nil {
+			return fmt.Errorf("write to server: %w", werr)
+		}
+		if err != nil {
+			return err
+		}
+		return in.fill(need)
+	}
+	if err != nil || n > 0 {
+		return err // as fill: one read that made progress
+	}
+	return in.fill(need)
 }
 
 // tlsNetConn returns the transport under a TLS connection.

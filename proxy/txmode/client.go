@@ -382,6 +382,10 @@ func (c *Client) readClient(need int) error {
 // to an unfinished one (Flush), the server goroutine reads them meanwhile.
 // Caller holds c.mu.
 func (c *Client) beforeClientRead() {
+	if c.askAndWait() {
+		c.serverLoop(c.b, c.st, false)
+		return
+	}
 	c.flushServer()
 	if c.b != nil && !c.async && !c.midStream {
 		switch {
@@ -391,6 +395,25 @@ func (c *Client) beforeClientRead() {
 			c.serverLoop(c.b, c.st, false)
 		}
 	}
+}
+
+// askAndWait reports whether what is on its way to the server asks for an
+// answer that the client goroutine is about to wait for, on a plain
+// socket with nothing left unread: then wbuf is sent as the wait begins
+// (waitServer), saving a receive that would find nothing. It ends the
+// hold. Caller holds c.mu.
+func (c *Client) askAndWait() bool {
+	st := c.wst
+	if !c.holding || st == nil || st != c.st || c.b == nil || c.async || c.gone || c.midStream || c.partial ||
+		c.pending == 0 || !st.asked || c.sWaiting || st.in.buffered() != 0 || len(st.wbuf) == 0 {
+		return false
+	}
+	if _, ok := st.conn.(*rawio.Conn); !ok {
+		return false
+	}
+	st.sendFirst = true
+	c.holding, c.wst = false, nil
+	return true
 }
 
 // readWhole returns the whole current message (header included), which is
@@ -449,6 +472,7 @@ func (c *Client) expectZ(swallow bool) {
 	c.q.push(expect{kind: 'Z', swallow: swallow})
 	c.pending++
 	c.wst.seg++
+	c.wst.asked = true
 }
 
 // extended forwards Parse, Bind, Describe and Close. Caller holds c.mu.
@@ -641,7 +665,7 @@ func (c *Client) writeServer() {
 	_, err := st.conn.Write(buf)
 	c.mu.Lock()
 	c.c2s.Add(int64(len(buf)))
-	st.wbuf = buf[:0]
+	st.wbuf, st.asked = buf[:0], false
 	if err != nil {
 		// The server goroutine's read fails too and discards it.
 		c.log.Debug("write to server failed", "error", err)

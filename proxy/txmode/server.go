@@ -179,10 +179,31 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 // from the server. Caller holds c.mu; it is released during I/O.
 func (c *Client) readServer(st *serverState, need int) error {
 	c.flushClient(st)
+	out := c.takeSendFirst(st)
 	c.mu.Unlock()
-	err := st.in.fill(need)
+	err := st.fillAfter(out, need)
 	c.mu.Lock()
+	c.sentFirst(st, out)
 	return err
+}
+
+// takeSendFirst returns wbuf when askAndWait left it to be sent as the
+// wait for its answer begins. Caller holds c.mu.
+func (c *Client) takeSendFirst(st *serverState) []byte {
+	if !st.sendFirst {
+		return nil
+	}
+	st.sendFirst = false
+	return st.wbuf
+}
+
+// sentFirst records that out, taken by takeSendFirst, went to the server
+// (or failed, with the connection). Caller holds c.mu.
+func (c *Client) sentFirst(st *serverState, out []byte) {
+	if out != nil {
+		c.c2s.Add(int64(len(out)))
+		st.wbuf, st.asked = out[:0], false
+	}
 }
 
 // errInterrupted: the watchdog ended a wait for the server.
@@ -194,9 +215,11 @@ func (c *Client) waitServer(st *serverState) error {
 	c.flushClient(st)
 	c.waitSt = st
 	c.waitSince.Store(dog.tick.Load())
+	out := c.takeSendFirst(st)
 	c.mu.Unlock()
-	err := st.in.fill(5)
+	err := st.fillAfter(out, 5)
 	c.mu.Lock()
+	c.sentFirst(st, out)
 	c.waitSince.Store(0)
 	c.waitSt = nil
 	if c.interrupted {
