@@ -22,6 +22,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/config"
 	"github.com/vitalproxy/vitalproxy/proxy/notify"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -454,7 +455,9 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 			continue
 		}
 		backoff = 0
-		sess := newSession(s, conn, s.rt.Load())
+		// Start-up, authentication and transaction mode read and write
+		// the client with raw system calls (see rawio).
+		sess := newSession(s, rawio.Wrap(conn), s.rt.Load())
 		s.track(sess)
 		go func() {
 			defer s.untrack(sess)
