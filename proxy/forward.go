@@ -5,15 +5,19 @@ import (
 	"net"
 	"sync/atomic"
 	"time"
+
+	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 )
 
 // tlsCopyBuffer is the server-to-client copy buffer of the goroutine
 // path (TLS on either side): one TLS record.
 const tlsCopyBuffer = 16 << 10
 
+// isPlain reports whether c is a plain TCP or Unix socket, which the event
+// loops can forward (TLS needs the goroutine copy).
 func isPlain(c net.Conn) bool {
 	switch c.(type) {
-	case *net.TCPConn, *net.UnixConn:
+	case *net.TCPConn, *net.UnixConn, *rawio.Conn:
 		return true
 	}
 	return false

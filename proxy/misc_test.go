@@ -2,6 +2,8 @@ package proxy
 
 import (
 	"context"
+	"crypto/tls"
+	"net"
 	"runtime"
 	"strings"
 	"sync"
@@ -162,4 +164,47 @@ func TestMetricsLintAndValues(t *testing.T) {
 
 func buildInfoLine() string {
 	return `vitalproxy_build_info{goversion="` + runtime.Version() + `",version="v1.2.3"} 1` + "\n"
+}
+
+// TestAcceptedConnIsPlain: accepted sockets must stay eligible for the
+// event loops (a wrapper they do not recognise sends every session-mode
+// session to the slower goroutine copy, which no other test notices).
+func TestAcceptedConnIsPlain(t *testing.T) {
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer ln.Close()
+	accepted := make(chan net.Conn, 1)
+	go func() {
+		c, _ := ln.Accept()
+		accepted <- c
+	}()
+	dialed, err := net.Dial("tcp", ln.Addr().String())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer dialed.Close()
+	raw := <-accepted
+	if raw == nil {
+		t.Fatal("accept failed")
+	}
+	defer raw.Close()
+	pipeA, pipeB := net.Pipe()
+	defer pipeA.Close()
+	defer pipeB.Close()
+	for _, tc := range []struct {
+		name string
+		conn net.Conn
+		want bool
+	}{
+		{"accepted TCP socket", acceptedConn(raw), true},
+		{"plain TCP socket", dialed, true},
+		{"TLS over an accepted socket", tls.Server(acceptedConn(raw), &tls.Config{}), false},
+		{"in-memory pipe", acceptedConn(pipeA), false},
+	} {
+		if got := isPlain(tc.conn); got != tc.want {
+			t.Errorf("isPlain(%s, %T) = %v, want %v", tc.name, tc.conn, got, tc.want)
+		}
+	}
 }

@@ -455,9 +455,7 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 			continue
 		}
 		backoff = 0
-		// Start-up, authentication and transaction mode read and write
-		// the client with raw system calls (see rawio).
-		sess := newSession(s, rawio.Wrap(conn), s.rt.Load())
+		sess := newSession(s, acceptedConn(conn), s.rt.Load())
 		s.track(sess)
 		go func() {
 			defer s.untrack(sess)
@@ -465,6 +463,12 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 		}()
 	}
 }
+
+// acceptedConn is the connection a session serves for an accepted socket:
+// start-up, authentication and transaction mode read and write it with raw
+// system calls (see rawio); session mode's event loops take it over when
+// isPlain.
+func acceptedConn(c net.Conn) net.Conn { return rawio.Wrap(c) }
 
 // track registers a session for the drain.
 func (s *Server) track(sess *session) {

@@ -21,6 +21,10 @@
 // One goroutine per client does the work: it writes what the client sent,
 // and when the client has asked for all the answers of a request (a Sync,
 // a Query) it reads them from the server itself and returns the backend.
+// Plain sockets are read and written with raw system calls (package
+// rawio), and a request that asks for an answer is sent as the wait for
+// that answer begins, so that no receive runs before there is something
+// to receive.
 // A second goroutine, started once per client when first needed, reads
 // the server while the client is read too: during COPY FROM STDIN, when
 // the client sent extended-protocol messages without a Sync (Flush, as
