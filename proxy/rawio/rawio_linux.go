@@ -5,6 +5,7 @@ import (
 	"io"
 	"net"
 	"os"
+	"sync"
 	"syscall"
 	"unsafe"
 
@@ -39,10 +40,14 @@ func Send(fd int, p []byte) (int, error) {
 
 // Conn is a net.Conn whose Read and Write use Recv and Send through the
 // runtime's poller (deadlines and Close work as for the wrapped
-// connection). At most one Read and one Write may run at a time.
+// connection). Like any net.Conn it is safe for concurrent use.
 type Conn struct {
 	net.Conn
 	rc syscall.RawConn
+
+	// rmu and wmu guard the state of a Read and of a Write (both for
+	// SendThenRead, rmu first).
+	rmu, wmu sync.Mutex
 
 	// State of the Read and the Write in progress, kept here so that
 	// the callbacks handed to rc are made once, not per call.
@@ -87,6 +92,8 @@ func (c *Conn) Read(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
 	c.rp, c.rn, c.rerr = p, 0, nil
 	err := c.rc.Read(c.readFn)
 	n, rerr := c.rn, c.rerr
@@ -131,6 +138,10 @@ func (c *Conn) SendThenRead(out, p []byte) (sent, n int, err error) {
 		n, err = c.Read(p)
 		return 0, n, err
 	}
+	c.rmu.Lock()
+	defer c.rmu.Unlock()
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wp, c.wn, c.werr, c.armed = out, 0, nil, false
 	c.rp, c.rn, c.rerr = p, 0, nil
 	err = c.rc.Read(c.askFn)
@@ -175,6 +186,8 @@ func (c *Conn) Write(p []byte) (int, error) {
 	if len(p) == 0 {
 		return 0, nil
 	}
+	c.wmu.Lock()
+	defer c.wmu.Unlock()
 	c.wp, c.wn, c.werr = p, 0, nil
 	err := c.rc.Write(c.writeFn)
 	n, werr := c.wn, c.werr

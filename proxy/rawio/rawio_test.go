@@ -236,3 +236,42 @@ func TestSendThenRead(t *testing.T) {
 		})
 	}
 }
+
+// TestConcurrentWrites: writers sharing a Conn, as net.Conn allows, never
+// interleave inside one Write.
+func TestConcurrentWrites(t *testing.T) {
+	w, peer := pair(t, "tcp")
+	const writers, rounds, size = 4, 200, 3000
+	done := make(chan error, writers)
+	for i := 0; i < writers; i++ {
+		msg := bytes.Repeat([]byte{byte('a' + i)}, size)
+		go func() {
+			for r := 0; r < rounds; r++ {
+				if _, err := w.Write(msg); err != nil {
+					done <- err
+					return
+				}
+			}
+			done <- nil
+		}()
+	}
+	got := make([]byte, writers*rounds*size)
+	// A broken Write may lose bytes: fail rather than wait for them.
+	if err := peer.SetReadDeadline(time.Now().Add(20 * time.Second)); err != nil {
+		t.Fatal(err)
+	}
+	if _, err := io.ReadFull(peer, got); err != nil {
+		t.Fatalf("reading what the writers sent: %v", err)
+	}
+	for i := 0; i < writers; i++ {
+		if err := <-done; err != nil {
+			t.Fatal(err)
+		}
+	}
+	for off := 0; off < len(got); off += size {
+		chunk := got[off : off+size]
+		if !bytes.Equal(chunk, bytes.Repeat(chunk[:1], size)) {
+			t.Fatalf("write at offset %d interleaved with another", off)
+		}
+	}
+}
