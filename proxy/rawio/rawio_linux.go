@@ -96,15 +96,12 @@ func (c *Conn) Read(p []byte) (int, error) {
 	defer c.rmu.Unlock()
 	c.rp, c.rn, c.rerr = p, 0, nil
 	err := c.rc.Read(c.readFn)
-	n, rerr := c.rn, c.rerr
+	n := c.rn
 	c.rp = nil
 	if err != nil {
-		return 0, c.opError("read", err)
+		return 0, c.result("read", err, nil)
 	}
-	if rerr != nil && rerr != io.EOF {
-		rerr = c.opError("read", os.NewSyscallError("recvfrom", rerr))
-	}
-	return n, rerr
+	return n, c.result("read", nil, c.rerr)
 }
 
 func (c *Conn) recv(fd uintptr) bool {
@@ -145,35 +142,23 @@ func (c *Conn) SendThenRead(out, p []byte) (sent, n int, err error) {
 	c.wp, c.wn, c.werr, c.armed = out, 0, nil, false
 	c.rp, c.rn, c.rerr = p, 0, nil
 	err = c.rc.Read(c.askFn)
-	sent, werr, n, rerr := c.wn, c.werr, c.rn, c.rerr
+	sent, n = c.wn, c.rn
 	c.wp, c.rp = nil, nil
 	switch {
-	case werr != nil:
-		return sent, 0, c.opError("write", os.NewSyscallError("sendto", werr))
+	case c.werr != nil:
+		return sent, 0, c.result("write", nil, c.werr)
 	case err != nil:
-		return sent, 0, c.opError("read", err)
-	case rerr != nil && rerr != io.EOF:
-		return sent, n, c.opError("read", os.NewSyscallError("recvfrom", rerr))
+		return sent, 0, c.result("read", err, nil)
 	}
-	return sent, n, rerr
+	return sent, n, c.result("read", nil, c.rerr)
 }
 
 func (c *Conn) ask(fd uintptr) bool {
 	if c.armed {
 		return c.recv(fd)
 	}
-	for c.wn < len(c.wp) {
-		n, err := Send(int(fd), c.wp[c.wn:])
-		switch {
-		case err == nil:
-			c.wn += n
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
-			return true // the caller sends the rest
-		default:
-			c.werr = err
-			return true
-		}
+	if !c.send(fd) || c.werr != nil {
+		return true // the caller sends the rest, or fails
 	}
 	// The poller was reset before the send: whatever the peer answers
 	// arrives later and is reported.
@@ -190,17 +175,13 @@ func (c *Conn) Write(p []byte) (int, error) {
 	defer c.wmu.Unlock()
 	c.wp, c.wn, c.werr = p, 0, nil
 	err := c.rc.Write(c.writeFn)
-	n, werr := c.wn, c.werr
+	n := c.wn
 	c.wp = nil
-	if err != nil {
-		return n, c.opError("write", err)
-	}
-	if werr != nil {
-		werr = c.opError("write", os.NewSyscallError("sendto", werr))
-	}
-	return n, werr
+	return n, c.result("write", err, c.werr)
 }
 
+// send sends what is left of wp. It reports false when the socket takes
+// no more now; a failure is left in werr.
 func (c *Conn) send(fd uintptr) bool {
 	for c.wn < len(c.wp) {
 		n, err := Send(int(fd), c.wp[c.wn:])
@@ -216,6 +197,22 @@ func (c *Conn) send(fd uintptr) bool {
 		}
 	}
 	return true
+}
+
+// result is the error of a read or write: pollErr from the runtime's
+// poller (deadline, closed), else sysErr from recvfrom or sendto; io.EOF
+// stays as it is.
+func (c *Conn) result(op string, pollErr, sysErr error) error {
+	switch {
+	case pollErr != nil:
+		return c.opError(op, pollErr)
+	case sysErr == nil || sysErr == io.EOF:
+		return sysErr
+	case op == "read":
+		return c.opError(op, os.NewSyscallError("recvfrom", sysErr))
+	default:
+		return c.opError(op, os.NewSyscallError("sendto", sysErr))
+	}
 }
 
 func (c *Conn) opError(op string, err error) error {
