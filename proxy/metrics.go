@@ -27,6 +27,7 @@ type Metrics struct {
 	buildInfo            *prometheus.GaugeVec
 	resets               *prometheus.CounterVec
 	poolWait             *prometheus.HistogramVec
+	waitObservers        sync.Map // tenant label → poolWait's prometheus.Observer
 	transactions         *prometheus.CounterVec
 	prepared             *prometheus.CounterVec
 	notificationsDropped *prometheus.CounterVec

@@ -11,8 +11,15 @@ import (
 )
 
 // observeWait records how long a client waited for a server connection.
+// Every queued Acquire calls it, so each label's observer is looked up
+// once and kept (there are at most the tenant label cap of them).
 func (m *Metrics) observeWait(tenant string, waited time.Duration, _ bool) {
-	m.poolWait.WithLabelValues(m.tenants.label(tenant)).Observe(waited.Seconds())
+	label := m.tenants.label(tenant)
+	o, ok := m.waitObservers.Load(label)
+	if !ok {
+		o, _ = m.waitObservers.LoadOrStore(label, m.poolWait.WithLabelValues(label))
+	}
+	o.(prometheus.Observer).Observe(waited.Seconds())
 }
 
 // watchPool registers a collector that reads the pool's state at scrape

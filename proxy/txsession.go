@@ -24,6 +24,9 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 	rt := s.rt
 	m := s.srv.metrics
 	tm := m.forTenant(id.Tenant.Slug)
+	// Resolved once per session: the hooks run per transaction.
+	preparedHit, preparedMiss := m.prepared.WithLabelValues("hit"), m.prepared.WithLabelValues("miss")
+	resetOK, resetFailed := m.resets.WithLabelValues("ok"), m.resets.WithLabelValues("failure")
 	tx, err := txmode.NewClient(s.conn, txmode.Options{
 		Pool:           s.srv.pool,
 		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
@@ -36,16 +39,16 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 			OnNotificationDropped: tm.dropped.Inc,
 			OnPrepared: func(hit bool) {
 				if hit {
-					m.prepared.WithLabelValues("hit").Inc()
+					preparedHit.Inc()
 				} else {
-					m.prepared.WithLabelValues("miss").Inc()
+					preparedMiss.Inc()
 				}
 			},
 			OnReset: func(ok bool) {
 				if ok {
-					m.resets.WithLabelValues("ok").Inc()
+					resetOK.Inc()
 				} else {
-					m.resets.WithLabelValues("failure").Inc()
+					resetFailed.Inc()
 				}
 			},
 		},

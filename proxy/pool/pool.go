@@ -14,6 +14,7 @@ import (
 	"context"
 	"errors"
 	"fmt"
+	"slices"
 	"sync"
 	"time"
 
@@ -119,14 +120,24 @@ type keyPool struct {
 }
 
 type waiter struct {
-	key   Key
+	key      Key
+	deadline time.Time // zero: no queue timeout
+	// ready receives the waiter's one grant; it is buffered, so the
+	// sender (holding mu) never blocks.
 	ready chan grant
 }
 
-// grant is either a backend to use or the right to dial one.
+// waiters recycles waiters: a waiter leaves Acquire with ready empty (it
+// received its one grant, or left the queue before any was sent), so
+// neither it nor its channel is allocated again per wait.
+var waiters = sync.Pool{New: func() any { return &waiter{ready: make(chan grant, 1)} }}
+
+// grant is a backend to use, the right to dial one, or why the wait
+// ended without either (queue timeout, pool closed).
 type grant struct {
 	b    *Backend
 	slot bool
+	err  error
 }
 
 // Pool is safe for concurrent use.
@@ -143,6 +154,12 @@ type Pool struct {
 	rotation []string             // tenants with waiters, next served first
 	done     chan struct{}
 	wg       sync.WaitGroup
+
+	// One timer serves every waiter's queue timeout: it is armed for the
+	// earliest deadline in the queues (expiryAt), so a wait costs no timer
+	// of its own.
+	expiry   *time.Timer
+	expiryAt time.Time // zero: not armed
 }
 
 // New returns a pool; Close stops its reaper.
@@ -193,48 +210,82 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Backend, error) {
 		p.mu.Unlock()
 		return p.open(ctx, key)
 	}
-	w := &waiter{key: key, ready: make(chan grant, 1)}
+	start := time.Now()
+	w := waiters.Get().(*waiter)
+	w.key, w.deadline = key, time.Time{}
+	if p.cfg.QueueTimeout > 0 {
+		w.deadline = start.Add(p.cfg.QueueTimeout)
+		p.armExpiry(w.deadline)
+	}
 	p.enqueue(w)
 	p.mu.Unlock()
 
-	start := time.Now()
-	var timeout <-chan time.Time
-	if p.cfg.QueueTimeout > 0 {
-		t := time.NewTimer(p.cfg.QueueTimeout)
-		defer t.Stop()
-		timeout = t.C
-	}
+	var g grant
 	select {
-	case g := <-w.ready:
-		p.observe(key.Tenant, start, true)
-		return p.use(ctx, key, g)
-	case <-timeout:
+	case g = <-w.ready:
 	case <-ctx.Done():
-	case <-p.done:
-	}
-	p.mu.Lock()
-	if p.dequeue(w) {
-		k.tmo++
+		p.mu.Lock()
+		left := p.dequeue(w)
 		p.mu.Unlock()
-		p.observe(key.Tenant, start, false)
-		if ctx.Err() != nil {
+		if left {
+			waiters.Put(w)
+			p.observe(key.Tenant, start, false)
 			return nil, ctx.Err()
 		}
-		if p.isClosed() {
-			return nil, ErrClosed
-		}
-		return nil, ErrQueueTimeout
+		// Granted while giving up: take it anyway.
+		g = <-w.ready
 	}
-	p.mu.Unlock()
-	// Granted while giving up: take it anyway.
+	waiters.Put(w)
+	if g.err != nil {
+		p.observe(key.Tenant, start, false)
+		return nil, g.err
+	}
 	p.observe(key.Tenant, start, true)
-	return p.use(ctx, key, <-w.ready)
+	return p.use(ctx, key, g)
 }
 
-func (p *Pool) isClosed() bool {
+// armExpiry makes sure the expiry timer fires by deadline. Caller holds
+// mu.
+func (p *Pool) armExpiry(deadline time.Time) {
+	if !p.expiryAt.IsZero() && !deadline.Before(p.expiryAt) {
+		return
+	}
+	p.expiryAt = deadline
+	d := time.Until(deadline)
+	if p.expiry == nil {
+		p.expiry = time.AfterFunc(d, p.expire)
+		return
+	}
+	p.expiry.Reset(d)
+}
+
+// expire ends the waits whose queue timeout has passed with
+// ErrQueueTimeout and arms the timer for the next deadline.
+func (p *Pool) expire() {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	return p.closed
+	p.expiryAt = time.Time{}
+	if p.closed {
+		return
+	}
+	now := time.Now()
+	var next time.Time
+	for _, tenant := range slices.Clone(p.rotation) {
+		for _, w := range slices.Clone(p.queues[tenant]) {
+			switch {
+			case w.deadline.IsZero():
+			case !w.deadline.After(now):
+				p.dequeue(w)
+				p.kp(w.key).tmo++
+				w.ready <- grant{err: ErrQueueTimeout}
+			case next.IsZero() || w.deadline.Before(next):
+				next = w.deadline
+			}
+		}
+	}
+	if !next.IsZero() {
+		p.armExpiry(next)
+	}
 }
 
 func (p *Pool) observe(tenant string, start time.Time, ok bool) {
@@ -555,6 +606,16 @@ func (p *Pool) Close() {
 	}
 	p.closed = true
 	close(p.done)
+	if p.expiry != nil {
+		p.expiry.Stop()
+	}
+	for _, q := range p.queues {
+		for _, w := range q {
+			w.ready <- grant{err: ErrClosed}
+		}
+	}
+	clear(p.queues)
+	p.rotation = nil
 	for _, k := range p.pools {
 		for _, b := range k.idle {
 			p.discard(k, b, ReasonShutdown)

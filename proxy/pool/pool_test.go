@@ -299,3 +299,143 @@ func TestDeadIdleBackendIsNeverLent(t *testing.T) {
 		t.Errorf("stats %+v, want the dead backend closed as broken", s)
 	}
 }
+
+// TestQueueTimeoutsShareOneTimer checks that every waiter gets its own
+// full queue timeout, also when it queued behind others whose timeout the
+// pool's one expiry timer was armed for.
+func TestQueueTimeoutsShareOneTimer(t *testing.T) {
+	e := newEnv(t)
+	const timeout = 300 * time.Millisecond
+	p := newPool(t, e, pool.Config{MaxConns: 1, QueueTimeout: timeout})
+	held := acquire(t, p, e.dh)
+	defer p.Release(held, true)
+
+	type result struct {
+		waited time.Duration
+		err    error
+	}
+	results := make(chan result, 3)
+	for i := range 3 {
+		go func() {
+			start := time.Now()
+			_, err := p.Acquire(context.Background(), []pool.Key{e.dh, e.pl, e.dh}[i])
+			results <- result{time.Since(start), err}
+		}()
+		time.Sleep(timeout / 3) // later waiters' deadlines fall after the first's
+	}
+	for range 3 {
+		r := <-results
+		if !errors.Is(r.err, pool.ErrQueueTimeout) {
+			t.Fatalf("err = %v, want ErrQueueTimeout", r.err)
+		}
+		if r.waited < timeout {
+			t.Errorf("a waiter gave up after %v, before its queue timeout of %v", r.waited, timeout)
+		}
+	}
+	if got := stats(p, e.dh).Timeouts + stats(p, e.pl).Timeouts; got != 3 {
+		t.Errorf("timeouts counted = %d, want 3", got)
+	}
+	// The pool still serves after the timeouts: the released backend
+	// reaches the next client.
+	p.Release(held, true)
+	held = acquire(t, p, e.dh)
+}
+
+// TestCancelledWaitLeavesTheQueue checks that a waiter whose context ends
+// gets the context's error, is not counted as a queue timeout and does not
+// swallow the next backend released.
+func TestCancelledWaitLeavesTheQueue(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 1, QueueTimeout: 20 * time.Second})
+	held := acquire(t, p, e.dh)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := p.Acquire(ctx, e.dh); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("err = %v, want the context's deadline", err)
+	}
+	if s := stats(p, e.dh); s.Timeouts != 0 || s.Waiting != 0 {
+		t.Errorf("after a cancelled wait: %+v", s)
+	}
+	p.Release(held, true)
+	if s := stats(p, e.dh); s.Idle != 1 {
+		t.Errorf("the released backend went to nobody: %+v", s)
+	}
+	b := acquire(t, p, e.dh)
+	if b != held {
+		t.Errorf("a new backend was dialled instead of reusing the idle one")
+	}
+	p.Release(b, true)
+}
+
+// TestCloseEndsWaits checks that Close fails every queued Acquire with
+// ErrClosed at once.
+func TestCloseEndsWaits(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 1})
+	held := acquire(t, p, e.dh)
+	errs := make(chan error, 2)
+	for _, k := range []pool.Key{e.dh, e.pl} {
+		go func() {
+			_, err := p.Acquire(context.Background(), k)
+			errs <- err
+		}()
+	}
+	for deadline := time.Now().Add(20 * time.Second); stats(p, e.dh).Waiting+stats(p, e.pl).Waiting < 2; {
+		if time.Now().After(deadline) {
+			t.Fatal("the waiters never queued")
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+	p.Close()
+	for range 2 {
+		if err := <-errs; !errors.Is(err, pool.ErrClosed) {
+			t.Errorf("err = %v, want ErrClosed", err)
+		}
+	}
+	p.Release(held, true)
+}
+
+// TestRecycledWaitersCarryNoGrant races releases against waits that give
+// up at about the same moment, many times over: a wait that gives up as
+// it is granted must still take the backend (none may leak), and a
+// recycled waiter must not hand a stale grant to a later Acquire.
+func TestRecycledWaitersCarryNoGrant(t *testing.T) {
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 2, QueueTimeout: 20 * time.Second})
+	// Two backends up front: from then on every Acquire reuses one or
+	// waits, and none dials (a dial would fail on the short contexts).
+	first, second := acquire(t, p, e.dh), acquire(t, p, e.dh)
+	p.Release(first, true)
+	p.Release(second, true)
+	var wg sync.WaitGroup
+	for w := range 4 {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			for i := range 50 {
+				ctx, cancel := context.WithTimeout(context.Background(), time.Duration((w+i)%4)*time.Millisecond)
+				b, err := p.Acquire(ctx, e.dh)
+				cancel()
+				if err != nil {
+					if !errors.Is(err, context.DeadlineExceeded) {
+						t.Errorf("acquire: %v", err)
+					}
+					continue
+				}
+				if b.Key != e.dh {
+					t.Errorf("got a backend of %v", b.Key)
+				}
+				time.Sleep(time.Millisecond)
+				p.Release(b, true)
+			}
+		}()
+	}
+	wg.Wait()
+	if s := stats(p, e.dh); s.Active != 0 || s.Waiting != 0 || s.Idle != 2 || p.Total() != 2 || e.dials.Load() != 2 {
+		t.Fatalf("after the race: %+v, total %d, dials %d", s, p.Total(), e.dials.Load())
+	}
+	// Both slots are still usable.
+	a, b := acquire(t, p, e.dh), acquire(t, p, e.dh)
+	p.Release(a, true)
+	p.Release(b, true)
+}
