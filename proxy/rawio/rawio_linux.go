@@ -112,9 +112,9 @@ func (c *Conn) recv(fd uintptr) bool {
 			c.rerr = io.EOF
 		case err == nil:
 			c.rn = n
-		case errors.Is(err, unix.EINTR):
+		case err == unix.EINTR: // Recv returns the bare errno
 			continue
-		case errors.Is(err, unix.EAGAIN):
+		case err == unix.EAGAIN:
 			return false
 		default:
 			c.rerr = err
@@ -188,8 +188,8 @@ func (c *Conn) send(fd uintptr) bool {
 		switch {
 		case err == nil:
 			c.wn += n
-		case errors.Is(err, unix.EINTR):
-		case errors.Is(err, unix.EAGAIN):
+		case err == unix.EINTR: // Send returns the bare errno
+		case err == unix.EAGAIN:
 			return false
 		default:
 			c.werr = err
