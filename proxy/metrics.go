@@ -32,6 +32,10 @@ type Metrics struct {
 	prepared             *prometheus.CounterVec
 	notificationsDropped *prometheus.CounterVec
 
+	// The series the per-transaction hooks count, resolved once.
+	resetOK, resetFailed      prometheus.Counter
+	preparedHit, preparedMiss prometheus.Counter
+
 	tenants *tenantLabels
 }
 
@@ -136,13 +140,28 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 	for _, r := range []string{"success", "failure"} {
 		m.configReloads.WithLabelValues(r)
 	}
-	for _, r := range []string{"ok", "failure"} {
-		m.resets.WithLabelValues(r)
-	}
-	for _, r := range []string{"hit", "miss"} {
-		m.prepared.WithLabelValues(r)
-	}
+	m.resetOK, m.resetFailed = m.resets.WithLabelValues("ok"), m.resets.WithLabelValues("failure")
+	m.preparedHit, m.preparedMiss = m.prepared.WithLabelValues("hit"), m.prepared.WithLabelValues("miss")
 	return m
+}
+
+// countReset counts a backend reset for reuse by its result.
+func (m *Metrics) countReset(ok bool) {
+	if ok {
+		m.resetOK.Inc()
+	} else {
+		m.resetFailed.Inc()
+	}
+}
+
+// countPrepared counts a transaction-mode prepared statement use: hit
+// (already prepared on the serving backend) or miss.
+func (m *Metrics) countPrepared(hit bool) {
+	if hit {
+		m.preparedHit.Inc()
+	} else {
+		m.preparedMiss.Inc()
+	}
 }
 
 // registerRuntime adds the Go runtime and process collectors to reg.

@@ -240,10 +240,10 @@ func (s *session) recycle(reusable bool) {
 		defer srv.recycling.Done()
 		reported, err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
 		if err != nil {
-			srv.metrics.resets.WithLabelValues("failure").Inc()
+			srv.metrics.countReset(false)
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
 		} else {
-			srv.metrics.resets.WithLabelValues("ok").Inc()
+			srv.metrics.countReset(true)
 			b.Data = nil
 			b.Settings = keep
 			b.Reported = reported

@@ -24,9 +24,6 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 	rt := s.rt
 	m := s.srv.metrics
 	tm := m.forTenant(id.Tenant.Slug)
-	// Resolved once per session: the hooks run per transaction.
-	preparedHit, preparedMiss := m.prepared.WithLabelValues("hit"), m.prepared.WithLabelValues("miss")
-	resetOK, resetFailed := m.resets.WithLabelValues("ok"), m.resets.WithLabelValues("failure")
 	tx, err := txmode.NewClient(s.conn, txmode.Options{
 		Pool:           s.srv.pool,
 		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
@@ -37,20 +34,8 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		Hooks: txmode.Hooks{
 			OnTransaction:         func(time.Duration) { tm.transactions.Inc() },
 			OnNotificationDropped: tm.dropped.Inc,
-			OnPrepared: func(hit bool) {
-				if hit {
-					preparedHit.Inc()
-				} else {
-					preparedMiss.Inc()
-				}
-			},
-			OnReset: func(ok bool) {
-				if ok {
-					resetOK.Inc()
-				} else {
-					resetFailed.Inc()
-				}
-			},
+			OnPrepared:            m.countPrepared,
+			OnReset:               m.countReset,
 		},
 	})
 	if err != nil {
