@@ -193,37 +193,7 @@ func TestReferencedMetricsExist(t *testing.T) {
 		t.Fatalf("the server's gatherer %T is not a registry", g)
 	}
 
-	// Make the proxy produce its traffic metrics: a client that holds the
-	// tenant's only server connection, a second one that queues for it, and
-	// a failed login.
-	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
-	defer cancel()
-	first, err := pgx.Connect(ctx, clientURL)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if _, err := first.Exec(ctx, "SELECT 1"); err != nil {
-		t.Fatal(err)
-	}
-	second := make(chan error, 1)
-	go func() {
-		c, err := pgx.Connect(ctx, clientURL)
-		if err == nil {
-			_, err = c.Exec(ctx, "SELECT 1")
-			c.Close(context.Background())
-		}
-		second <- err
-	}()
-	waitFor(t, "a queued client", func() bool { return queued(t, g) })
-	first.Close(ctx)
-	if err := <-second; err != nil {
-		t.Fatalf("queued client: %v", err)
-	}
-	bad := strings.Replace(clientURL, ":"+userPass+"@", ":wrong@", 1)
-	if c, err := pgx.Connect(ctx, bad); err == nil {
-		c.Close(ctx)
-		t.Fatal("a wrong password was accepted")
-	}
+	produceTraffic(t, g, clientURL)
 
 	var names []string
 	for n := range refs {
@@ -261,6 +231,41 @@ func TestReferencedMetricsExist(t *testing.T) {
 		if _, used := refs[n]; used {
 			t.Logf("%s is checked as registered only: it needs %s", n, why)
 		}
+	}
+}
+
+// produceTraffic makes the proxy produce its traffic metrics: a client that
+// holds the tenant's only server connection, a second one that queues for
+// it, and a failed login.
+func produceTraffic(t *testing.T, g prometheus.Gatherer, clientURL string) {
+	t.Helper()
+	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
+	defer cancel()
+	first, err := pgx.Connect(ctx, clientURL)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := first.Exec(ctx, "SELECT 1"); err != nil {
+		t.Fatal(err)
+	}
+	second := make(chan error, 1)
+	go func() {
+		c, err := pgx.Connect(ctx, clientURL)
+		if err == nil {
+			_, err = c.Exec(ctx, "SELECT 1")
+			c.Close(context.Background())
+		}
+		second <- err
+	}()
+	waitFor(t, "a queued client", func() bool { return queued(t, g) })
+	first.Close(ctx)
+	if err := <-second; err != nil {
+		t.Fatalf("queued client: %v", err)
+	}
+	bad := strings.Replace(clientURL, ":"+userPass+"@", ":wrong@", 1)
+	if c, err := pgx.Connect(ctx, bad); err == nil {
+		c.Close(ctx)
+		t.Fatal("a wrong password was accepted")
 	}
 }
 
