@@ -117,15 +117,6 @@ func selectEndpoints(filter string) ([]endpointKind, error) {
 	return out, nil
 }
 
-// peerOf returns the name of the PgBouncer endpoint with ep's pool mode for
-// a proxy endpoint, or "".
-func peerOf(ep *endpoint) string {
-	if ep.kind != "vitalproxy" {
-		return ""
-	}
-	return "pgbouncer-" + ep.mode
-}
-
 // startDirect logs in to PostgreSQL as the tenant's read-write role.
 func startDirect(_ context.Context, b *bench) (*endpoint, error) {
 	return &endpoint{name: "direct", kind: "direct", host: b.cluster.Host, port: b.cluster.Port, role: b.rwRole,

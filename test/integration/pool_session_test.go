@@ -3,7 +3,6 @@ package integration_test
 import (
 	"context"
 	"errors"
-	"net"
 	"strings"
 	"testing"
 	"time"
@@ -113,7 +112,7 @@ func TestSessionModeReusesCleanBackends(t *testing.T) {
 	if _, err := tx.Exec(ctx, "SELECT * FROM agents WHERE name = $1 FOR UPDATE", f.dhPrivate); err != nil {
 		t.Fatal(err)
 	}
-	second.PgConn().Conn().(net.Conn).Close() // no Terminate, no ROLLBACK
+	second.PgConn().Conn().Close() // no Terminate, no ROLLBACK
 	waitResetValue(t, r, base+1)
 
 	third := connectURL(t, r.url("alice", "alice-pw"))

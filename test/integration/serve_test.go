@@ -9,7 +9,6 @@ import (
 	"os"
 	"os/exec"
 	"path/filepath"
-	"runtime"
 	"strings"
 	"syscall"
 	"testing"
@@ -90,7 +89,8 @@ func vitalproxyBinary(t testing.TB) string {
 			t.Fatal(err)
 		}
 		out := filepath.Join(dir, "vitalproxy")
-		cmd := exec.Command(filepath.Join(runtime.GOROOT(), "bin", "go"), "build", "-o", out, "./cmd/vitalproxy")
+		// go test puts its own toolchain's bin directory first on PATH.
+		cmd := exec.Command("go", "build", "-o", out, "./cmd/vitalproxy")
 		cmd.Dir = filepath.Join("..", "..")
 		if b, err := cmd.CombinedOutput(); err != nil {
 			builtBinary.err = fmt.Errorf("go build: %v\n%s", err, b)
