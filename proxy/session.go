@@ -23,6 +23,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/startup"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
 
@@ -299,6 +300,10 @@ func (s *session) classify(err error) *clientError {
 	if errors.As(err, &ce) {
 		return ce
 	}
+	var se *startup.Error
+	if errors.As(err, &se) {
+		return &clientError{reason: startupReason(se.Reason), code: se.Code, message: se.Message}
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return &clientError{reason: reasonStartupTimeout, code: codeProtocolViolation,
@@ -330,7 +335,7 @@ func (s *session) classify(err error) *clientError {
 // isDisconnect reports whether err means the peer went away.
 func isDisconnect(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errClientTerminated)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, startup.ErrClientTerminated)
 }
 
 // sendFatal writes one ErrorResponse to the client, best effort, under its
@@ -387,7 +392,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	var (
-		pkt   *startupPacket
+		pkt   *startup.Packet
 		err   error
 		isTLS bool
 	)
@@ -395,12 +400,12 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		if i > maxPreludePackets {
 			return reasonNone, protocolError("too many startup packets")
 		}
-		pkt, err = readStartupPacket(s.conn, lim.MaxStartupPacket)
+		pkt, err = startup.ReadPacket(s.conn, lim.MaxStartupPacket)
 		if err != nil {
 			return reasonNone, err
 		}
-		switch pkt.kind {
-		case packetSSLRequest:
+		switch pkt.Kind {
+		case startup.PacketSSLRequest:
 			if isTLS {
 				return reasonNone, protocolError("SSLRequest after TLS was negotiated")
 			}
@@ -427,13 +432,13 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 				return reasonNone, err
 			}
 			continue
-		case packetGSSENCRequest:
+		case startup.PacketGSSENCRequest:
 			if _, err := s.conn.Write([]byte{'N'}); err != nil {
 				return reasonNone, err
 			}
 			continue
-		case packetCancel:
-			s.serveCancel(ctx, pkt.cancel)
+		case startup.PacketCancel:
+			s.serveCancel(ctx, pkt.Cancel)
 			return reasonCancelRequest, nil
 		}
 		break
@@ -441,25 +446,25 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if s.srv.draining.Load() {
 		return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
 	}
-	params, err := filterStartupParams(pkt.startup.Parameters)
+	params, err := startup.FilterParams(pkt.Startup.Parameters)
 	if err != nil {
 		return reasonNone, err
 	}
-	s.user = params.user
-	if len(params.dropped) > 0 {
-		s.logger.Debug("dropped startup parameters", "params", params.dropped)
+	s.user = params.User
+	if len(params.Dropped) > 0 {
+		s.logger.Debug("dropped startup parameters", "params", params.Dropped)
 	}
-	if db := params.database; db != "" && db != rt.upstreamDB && db != params.user && db != userPart(params.user) {
+	if db := params.Database; db != "" && db != rt.upstreamDB && db != params.User && db != userPart(params.User) {
 		return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
 	}
 	s.counted = true
 	if n := s.srv.clients.Add(1); lim.MaxClientConns > 0 && n > int64(lim.MaxClientConns) {
 		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
 	}
-	wire := &clientWire{conn: s.conn, maxLen: lim.MaxStartupPacket}
-	if pkt.minor > 0 || len(pkt.unknownProto) > 0 {
-		sort.Strings(pkt.unknownProto)
-		if err := wire.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: pkt.unknownProto}); err != nil {
+	wire := startup.NewWire(s.conn, lim.MaxStartupPacket)
+	if pkt.Minor > 0 || len(pkt.UnknownOptions) > 0 {
+		sort.Strings(pkt.UnknownOptions)
+		if err := wire.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: pkt.UnknownOptions}); err != nil {
 			return reasonNone, err
 		}
 	}
@@ -467,7 +472,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err := s.must(stateAuthenticating); err != nil {
 		return reasonNone, err
 	}
-	req := auth.Request{StartupUser: params.user, TLS: isTLS}
+	req := auth.Request{StartupUser: params.User, TLS: isTLS}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		req.PeerCertificate = peerCertificate(tc)
 	}
@@ -484,10 +489,10 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	s.identity = id
 	policy := policyFor(rt.cfg, id)
 	for k, v := range policy.settings {
-		if params.runtime == nil {
-			params.runtime = map[string]string{}
+		if params.Runtime == nil {
+			params.Runtime = map[string]string{}
 		}
-		params.runtime[k] = v
+		params.Runtime[k] = v
 	}
 	// Authentication is over; nothing is read from the client until
 	// forwarding starts.
@@ -502,7 +507,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	if policy.mode == "transaction" {
-		return s.setupTransactionMode(ctx, id, params.runtime, wire)
+		return s.setupTransactionMode(ctx, id, params.Runtime, wire)
 	}
 	// A new backend asserted the tenant context as it logged in; a reused
 	// one asserted it again when its previous client's session was reset.
@@ -538,7 +543,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	from := b.Settings
 	b.Settings, b.Reported = nil, nil
-	s.settings = params.runtime
+	s.settings = params.Runtime
 	if err := applySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
@@ -552,31 +557,13 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(handover(serverParams, key)...); err != nil {
+	if err := wire.Send(startup.Handover(serverParams, key.pid, key.secret[:])...); err != nil {
 		return reasonNone, err
 	}
 	if err := s.must(stateForwarding); err != nil {
 		return reasonNone, err
 	}
 	return reasonNone, nil
-}
-
-// handover returns the messages that end the startup phase: the upstream's
-// ParameterStatus messages, the proxy's BackendKeyData and ReadyForQuery.
-func handover(params map[string]string, key cancelKey) []pgproto3.BackendMessage {
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
-	for _, k := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: params[k]})
-	}
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return msgs
 }
 
 // userPart returns the user name without an "@tenant" suffix.

@@ -7,6 +7,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/startup"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
 
@@ -20,7 +21,7 @@ func (t txCanceler) cancel(ctx context.Context) error { return t.c.Cancel(ctx) }
 // is held; the client is told the parameters a backend of its role reports
 // (with its own settings applied), then the txmode engine lends it a
 // backend per transaction.
-func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, settings map[string]string, wire *clientWire) (endReason, error) {
+func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, settings map[string]string, wire *startup.Wire) (endReason, error) {
 	rt := s.rt
 	m := s.srv.metrics
 	tm := m.forTenant(id.Tenant.Slug)
@@ -56,7 +57,7 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(handover(params, key)...); err != nil {
+	if err := wire.Send(startup.Handover(params, key.pid, key.secret[:])...); err != nil {
 		return reasonNone, err
 	}
 	if err := s.must(stateForwarding); err != nil {
