@@ -11,6 +11,8 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/testutil"
+
+	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 )
 
 type fakeTarget struct{ n int }
@@ -203,8 +205,8 @@ func TestAcceptedConnIsPlain(t *testing.T) {
 		{"TLS over an accepted socket", tls.Server(acceptedConn(raw), &tls.Config{}), false},
 		{"in-memory pipe", acceptedConn(pipeA), false},
 	} {
-		if got := isPlain(tc.conn); got != tc.want {
-			t.Errorf("isPlain(%s, %T) = %v, want %v", tc.name, tc.conn, got, tc.want)
+		if got := sessionmode.Plain(tc.conn); got != tc.want {
+			t.Errorf("sessionmode.Plain(%s, %T) = %v, want %v", tc.name, tc.conn, got, tc.want)
 		}
 	}
 }

@@ -23,6 +23,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/proxy/notify"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/rawio"
+	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -161,7 +162,7 @@ type Server struct {
 	// recycling tracks backends being reset after their client left.
 	recycling sync.WaitGroup
 	// loops forward plain-socket sessions (nil: goroutine copies).
-	loops *evGroup
+	loops *sessionmode.Loops
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -275,12 +276,12 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.pool.Close()
-	if s.loops, err = newEvGroup(forwardLoops()); err != nil {
+	if s.loops, err = sessionmode.NewLoops(forwardLoops()); err != nil {
 		s.logger.Warn("event-loop forwarding unavailable; using goroutine copies", "error", err)
 		s.loops = nil
 	}
 	if s.loops != nil {
-		defer s.loops.close()
+		defer s.loops.Close()
 	}
 	s.metrics.watchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
 
@@ -466,8 +467,8 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 
 // acceptedConn is the connection a session serves for an accepted socket:
 // start-up, authentication and transaction mode read and write it with raw
-// system calls (see rawio); session mode's event loops take it over when
-// isPlain.
+// system calls (see rawio); session mode's event loops take it over (see
+// sessionmode.Plain).
 func acceptedConn(c net.Conn) net.Conn { return rawio.Wrap(c) }
 
 // track registers a session for the drain.

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 	"github.com/vitalproxy/vitalproxy/proxy/startup"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
@@ -105,9 +106,8 @@ type session struct {
 	// settings are the client's startup settings as applied; the reset
 	// applies them again for the next client.
 	settings map[string]string
-	// loopServerFd and loopClientFd are the descriptors an event loop
-	// forwards, or -1.
-	loopServerFd, loopClientFd int
+	// fwd forwards the session in session mode.
+	fwd sessionmode.Forwarder
 
 	user     string
 	tenant   string
@@ -132,9 +132,6 @@ func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
 		remote: conn.RemoteAddr().String(),
 		conn:   conn,
 		raw:    conn,
-
-		loopServerFd: -1,
-		loopClientFd: -1,
 	}
 	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
 	return s
@@ -253,6 +250,42 @@ func (s *session) recycle(reusable bool) {
 	}()
 }
 
+// forward moves bytes between the client and the backend until one side
+// ends (see sessionmode.Forwarder.Run). It reports whether the backend may
+// be reset and reused: true when the client ended first (Terminate or
+// hang-up) and the backend was not touched since.
+func (s *session) forward(tm tenantMetrics) (endReason, bool) {
+	res := s.fwd.Run(s.conn, s.backend.Conn.Conn, sessionmode.Options{
+		Loops:          s.srv.loops,
+		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
+		Channels:       s.rt.channels(s.tenantID),
+		BackendPID:     s.backend.PID,
+		ClientPID:      s.key.pid,
+		Forced:         &s.forced,
+	})
+	_ = s.transition(stateDraining)
+	s.c2s, s.s2c = res.C2S, res.S2C
+	tm.c2s.Add(float64(s.c2s))
+	tm.s2c.Add(float64(s.s2c))
+	tm.dropped.Add(float64(res.Dropped))
+	var reason endReason
+	switch res.End {
+	case sessionmode.EndShutdown:
+		reason = reasonShutdown
+	case sessionmode.EndServer:
+		reason = reasonServerClosed
+	case sessionmode.EndProtocol:
+		reason = reasonProtocolError
+	default:
+		reason = reasonClientClosed
+		s.idleAtEnd = res.Idle
+	}
+	if res.Reusable {
+		s.backend.Conn.Conn = res.Server
+	}
+	return reason, res.Reusable
+}
+
 // refuse ends a session that never reached forwarding: it tells the client
 // why (when there is someone to tell) and counts and logs the outcome.
 func (s *session) refuse(reason endReason, err error) {
@@ -366,7 +399,7 @@ func (s *session) closeAll() {
 func (s *session) forceClose() {
 	s.forced.Store(true)
 	s.mu.Lock()
-	if s.killLoopForward() {
+	if s.fwd.Kill() {
 		s.mu.Unlock()
 		return
 	}
