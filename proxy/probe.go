@@ -14,6 +14,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
 	"github.com/vitalproxy/vitalproxy/config"
+	"github.com/vitalproxy/vitalproxy/proxy/backend"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 )
 
@@ -218,7 +219,7 @@ func (s *Server) probeTenant(ctx context.Context, prefix string, self, other aut
 		canaries      [][2]string // name, tenant id
 		done          int         // CommandCompletes seen: which statement rows belong to
 	)
-	err = roundTrip(ctx, b.Conn, buf, 1, func(typ byte, body []byte) error {
+	err = backend.RoundTrip(ctx, b.Conn, buf, 1, func(typ byte, body []byte) error {
 		switch typ {
 		case 'C':
 			done++

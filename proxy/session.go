@@ -22,6 +22,7 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/backend"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 	"github.com/vitalproxy/vitalproxy/proxy/startup"
@@ -236,7 +237,7 @@ func (s *session) recycle(reusable bool) {
 	srv.recycling.Add(1)
 	go func() {
 		defer srv.recycling.Done()
-		reported, err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
+		reported, err := backend.Reset(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
 		if err != nil {
 			srv.metrics.countReset(false)
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
@@ -577,7 +578,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	from := b.Settings
 	b.Settings, b.Reported = nil, nil
 	s.settings = params.Runtime
-	if err := applySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
+	if err := backend.ApplySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
 			return reasonNone, newClientError(reasonParamRefused, pgErr.Code, err, "%s", pgErr.Message)
