@@ -25,7 +25,7 @@ func (s *Server) newPool(cfg poolSettings) (*pool.Pool, error) {
 		QueueTimeout:      cfg.queueTimeout,
 		IdleTimeout:       cfg.idleTimeout,
 		Lifetime:          cfg.lifetime,
-		OnWait:            s.metrics.observeWait,
+		OnWait:            s.metrics.ObserveWait,
 	}, s.dialBackend)
 }
 
@@ -41,7 +41,7 @@ func (s *Server) dialBackend(ctx context.Context, key pool.Key) (*upstream.Conn,
 	}
 	c, err := rt.dialer.Dial(ctx, upstream.Options{Role: key.Role, TenantID: key.TenantID})
 	if err != nil {
-		s.metrics.upstreamConnectErrs.Inc()
+		s.metrics.UpstreamConnectError()
 		return nil, err
 	}
 	for _, p := range c.Params {

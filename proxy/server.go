@@ -21,6 +21,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/config"
 	"github.com/vitalproxy/vitalproxy/proxy/notify"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
@@ -150,7 +151,7 @@ type Server struct {
 	logger   *slog.Logger
 	opts     options
 	registry *prometheus.Registry
-	metrics  *Metrics
+	metrics  *observe.Metrics
 	cancels  *cancelMap
 	admin    *adminConn
 	counts   *clientCounts
@@ -201,12 +202,12 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 		return nil, errors.New("no admin connection: set upstream.admin_url or database_url (the proxy reads users and tenants through it)")
 	}
 	reg := prometheus.NewRegistry()
-	registerRuntime(reg)
+	observe.RegisterRuntime(reg)
 	s := &Server{
 		logger:    logger,
 		opts:      o,
 		registry:  reg,
-		metrics:   NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
+		metrics:   observe.NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
 		cancels:   newCancelMap(),
 		counts:    newClientCounts(),
 		admin:     newAdminConn(string(cfg.Upstream.AdminURL)),
@@ -283,7 +284,7 @@ func (s *Server) Run(ctx context.Context) error {
 	if s.loops != nil {
 		defer s.loops.Close()
 	}
-	s.metrics.watchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
+	s.metrics.WatchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
 
 	listeners, err := s.listen(rt.cfg)
 	if err != nil {
@@ -321,7 +322,7 @@ func (s *Server) Run(ctx context.Context) error {
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
-			httpSrv.serve()
+			httpSrv.Serve()
 		}()
 	}
 	s.logger.Info("proxy ready", s.readyAttrs()...)
@@ -337,7 +338,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.recycling.Wait()
 	stopBackground()
 	if httpSrv != nil {
-		httpSrv.shutdown()
+		httpSrv.Shutdown()
 	}
 	bg.Wait()
 	s.logger.Info("proxy stopped")

@@ -23,6 +23,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/proxy/backend"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 	"github.com/vitalproxy/vitalproxy/proxy/startup"
@@ -183,10 +184,10 @@ func (s *session) run(ctx context.Context) {
 		_ = s.transition(stateClosed)
 		return
 	}
-	m.connectionAttempts.WithLabelValues("ok").Inc()
-	m.sessionSetup.Observe(time.Since(s.start).Seconds())
-	tm := m.forTenant(s.tenant)
-	tm.connections.Inc()
+	m.ConnectionAttempt("ok")
+	m.SessionSetup(time.Since(s.start))
+	tm := m.ForTenant(s.tenant)
+	tm.Connections.Inc()
 	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
 
 	if s.tx != nil {
@@ -197,9 +198,9 @@ func (s *session) run(ctx context.Context) {
 		s.recycle(reusable)
 	}
 
-	tm.connections.Dec()
+	tm.Connections.Dec()
 	s.srv.cancels.remove(s.key)
-	m.sessionEnds.WithLabelValues(reason.String()).Inc()
+	m.SessionEnd(reason.String())
 	_ = s.transition(stateClosed)
 	s.logger.Info("session closed", "reason", reason.String(),
 		"duration_seconds", time.Since(s.start).Seconds(),
@@ -239,10 +240,10 @@ func (s *session) recycle(reusable bool) {
 		defer srv.recycling.Done()
 		reported, err := backend.Reset(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
 		if err != nil {
-			srv.metrics.countReset(false)
+			srv.metrics.CountReset(false)
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
 		} else {
-			srv.metrics.countReset(true)
+			srv.metrics.CountReset(true)
 			b.Data = nil
 			b.Settings = keep
 			b.Reported = reported
@@ -255,7 +256,7 @@ func (s *session) recycle(reusable bool) {
 // ends (see sessionmode.Forwarder.Run). It reports whether the backend may
 // be reset and reused: true when the client ended first (Terminate or
 // hang-up) and the backend was not touched since.
-func (s *session) forward(tm tenantMetrics) (endReason, bool) {
+func (s *session) forward(tm observe.Tenant) (endReason, bool) {
 	res := s.fwd.Run(s.conn, s.backend.Conn.Conn, sessionmode.Options{
 		Loops:          s.srv.loops,
 		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
@@ -266,9 +267,9 @@ func (s *session) forward(tm tenantMetrics) (endReason, bool) {
 	})
 	_ = s.transition(stateDraining)
 	s.c2s, s.s2c = res.C2S, res.S2C
-	tm.c2s.Add(float64(s.c2s))
-	tm.s2c.Add(float64(s.s2c))
-	tm.dropped.Add(float64(res.Dropped))
+	tm.C2S.Add(float64(s.c2s))
+	tm.S2C.Add(float64(s.s2c))
+	tm.Dropped.Add(float64(res.Dropped))
 	var reason endReason
 	switch res.End {
 	case sessionmode.EndShutdown:
@@ -299,7 +300,7 @@ func (s *session) refuse(reason endReason, err error) {
 	if s.hasKey {
 		s.srv.cancels.remove(s.key)
 	}
-	m.connectionAttempts.WithLabelValues(reason.String()).Inc()
+	m.ConnectionAttempt(reason.String())
 	if reason == reasonCancelRequest {
 		return
 	}
@@ -352,7 +353,7 @@ func (s *session) classify(err error) *clientError {
 		if reason == "" {
 			reason = "unknown"
 		}
-		s.srv.metrics.authFailures.WithLabelValues(reason).Inc()
+		s.srv.metrics.AuthFailure(reason)
 		code := ae.Code
 		if code == "" {
 			code = codeInvalidPassword
@@ -549,7 +550,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err != nil {
 		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		if ce.reason == reasonContextFailed {
-			s.srv.metrics.contextInjections.WithLabelValues("failure").Inc()
+			s.srv.metrics.ContextInjection(false)
 		}
 		return reasonNone, ce
 	}
@@ -561,7 +562,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 			return reasonNone, backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		}
 	}
-	s.srv.metrics.contextInjections.WithLabelValues("ok").Inc()
+	s.srv.metrics.ContextInjection(true)
 	s.mu.Lock()
 	s.backend = b
 	s.tenantID = id.Tenant.ID
@@ -631,12 +632,12 @@ func (s *session) serveCancel(ctx context.Context, req *pgproto3.CancelRequest) 
 		err := target.cancel(cctx)
 		cancel()
 		if err != nil {
-			result = "error"
+			result = observe.CancelError
 			s.logger.Warn("cancel request not delivered", "error", err)
 		}
 	}
 	if result == cancelRefused {
 		s.logger.Warn("cancel request with a wrong key for a live session refused")
 	}
-	s.srv.metrics.cancelRequests.WithLabelValues(string(result)).Inc()
+	s.srv.metrics.CancelRequest(string(result))
 }
