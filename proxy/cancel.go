@@ -8,6 +8,8 @@ import (
 	"fmt"
 	"math"
 	"sync"
+
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 )
 
 // cancelKey is what the proxy tells a client in BackendKeyData: a random
@@ -77,11 +79,11 @@ func (c *cancelMap) remove(k cancelKey) {
 type cancelLookup string
 
 const (
-	cancelFound   cancelLookup = "forwarded"
-	cancelUnknown cancelLookup = "unknown"
+	cancelFound   cancelLookup = observe.CancelForwarded
+	cancelUnknown cancelLookup = observe.CancelUnknown
 	// cancelRefused: the pid is live but the key is wrong (a guess or a
 	// forgery).
-	cancelRefused cancelLookup = "refused"
+	cancelRefused cancelLookup = observe.CancelRefused
 )
 
 // lookup returns the target for (pid, secret), comparing the secret in

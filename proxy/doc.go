@@ -7,17 +7,21 @@
 // tenant context with `SELECT set_tenant_context($1)` and only then hands
 // the connection over: the upstream's ParameterStatus messages are replayed,
 // the proxy's own BackendKeyData and a ReadyForQuery are sent, and from there
-// bytes flow unchanged in both directions (session mode: one backend per
-// client, TCP to TCP through the kernel's splice).
+// the client is served in session mode (one backend per client, package
+// sessionmode) or transaction mode (a backend per transaction, package
+// txmode).
 //
-// Startup and authentication messages are read with exact-length reads
-// straight from the socket, never through a buffer, so bytes a client
-// pipelines after its startup packet stay in the socket until the tenant
-// context is in place.
+// This package is the orchestrator: the listeners and the accept loop, the
+// session registry and the drain (server.go), one session's life from
+// accept to close (session.go, txsession.go), the cancel map, connection
+// limits, reloads and the isolation audit. The byte-level work lives in
+// sub-packages: startup (startup packets, settings, the authentication
+// wire, the hand-over messages), sessionmode (forwarding), backend (the
+// proxy's own conversations with a pooled backend: settings, resets),
+// observe (metrics, /metrics /healthz /readyz, the live isolation probe),
+// with pool, upstream, txmode, notify and rawio below them.
 //
 // Every client connection is a session (see sessionState for its states).
 // Sessions end for a reason (endReason) that picks both the metric label and
-// the SQLSTATE the client is told. The Server also serves /metrics, /healthz
-// and /readyz, runs the isolation audit at start and on reload, and reloads
-// users and tenants without dropping connections.
+// the SQLSTATE the client is told.
 package proxy

@@ -5,6 +5,8 @@ import (
 	"fmt"
 
 	"github.com/jackc/pgx/v5/pgproto3"
+
+	"github.com/vitalproxy/vitalproxy/proxy/startup"
 )
 
 // Sentinel errors for errors.Is.
@@ -77,6 +79,17 @@ var reasonNames = [...]string{
 	reasonClientClosed:   "client_closed",
 	reasonServerClosed:   "server_closed",
 	reasonShutdown:       "shutdown",
+}
+
+// startupReason is the end reason of a refusal by package startup.
+func startupReason(r startup.Reason) endReason {
+	switch r {
+	case startup.ReasonUnsupported:
+		return reasonUnsupported
+	case startup.ReasonParamRefused:
+		return reasonParamRefused
+	}
+	return reasonProtocolError
 }
 
 // String returns the metric label of r.

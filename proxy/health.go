@@ -4,65 +4,66 @@ import (
 	"context"
 	"errors"
 	"fmt"
-	"net"
-	"net/http"
+	"strings"
+	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5"
-	"github.com/prometheus/client_golang/prometheus/promhttp"
+	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
 	"github.com/vitalproxy/vitalproxy/config"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 )
 
-// httpServer serves /metrics, /healthz and /readyz.
-type httpServer struct {
-	srv *http.Server
-	l   net.Listener
+// Metrics holds the proxy's Prometheus collectors (see package observe).
+type Metrics = observe.Metrics
+
+// NewMetrics builds the collectors and registers them on reg; see
+// observe.NewMetrics.
+func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metrics {
+	return observe.NewMetrics(reg, tenantCap, version)
 }
 
-// startHTTP opens the metrics listener; nil when metrics.listen is empty.
-func (s *Server) startHTTP(cfg *config.Config) (*httpServer, error) {
+// DefaultProbeInterval is used when probe.interval is not positive.
+const DefaultProbeInterval = observe.DefaultProbeInterval
+
+// startProbe starts the live isolation probe in the background when cfg
+// enables it; it stops when ctx is done, and wg waits for it.
+func (s *Server) startProbe(ctx context.Context, wg *sync.WaitGroup, cfg config.Probe) {
+	if !cfg.Enabled {
+		return
+	}
+	p := observe.NewProber(s.registry, observe.ProbeConfig{
+		Interval:   cfg.Interval,
+		Pool:       s.pool,
+		Directory:  s.directory,
+		RolePrefix: func() string { return s.rt.Load().cfg.RolePrefix },
+		Logger:     s.logger,
+	})
+	s.logger.Info("isolation probe enabled", "interval", p.Interval().String(),
+		"tenants", strings.Join(tenantroles.ProbeTenants(), ","))
+	wg.Add(1)
+	go func() {
+		defer wg.Done()
+		p.Run(ctx)
+	}()
+}
+
+// startHTTP opens the listener of /metrics, /healthz and /readyz; nil when
+// metrics.listen is empty.
+func (s *Server) startHTTP(cfg *config.Config) (*observe.HTTP, error) {
 	if cfg.Metrics.Listen == "" {
 		return nil, nil
 	}
-	l, err := net.Listen("tcp", cfg.Metrics.Listen)
+	h, err := observe.ListenHTTP(cfg.Metrics.Listen, s.registry, s.readiness)
 	if err != nil {
-		return nil, fmt.Errorf("metrics: listen on %s: %w", cfg.Metrics.Listen, err)
+		return nil, err
 	}
 	s.mu.Lock()
-	s.metricsAddr = l.Addr()
+	s.metricsAddr = h.Addr()
 	s.mu.Unlock()
-	mux := http.NewServeMux()
-	mux.Handle("GET /metrics", promhttp.HandlerFor(s.registry, promhttp.HandlerOpts{}))
-	mux.HandleFunc("GET /healthz", func(w http.ResponseWriter, _ *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		_, _ = w.Write([]byte("ok\n"))
-	})
-	mux.HandleFunc("GET /readyz", func(w http.ResponseWriter, r *http.Request) {
-		w.Header().Set("Content-Type", "text/plain; charset=utf-8")
-		if err := s.readiness(r.Context()); err != nil {
-			w.WriteHeader(http.StatusServiceUnavailable)
-			_, _ = fmt.Fprintf(w, "not ready: %v\n", err)
-			return
-		}
-		_, _ = w.Write([]byte("ready\n"))
-	})
-	return &httpServer{
-		srv: &http.Server{Handler: mux, ReadHeaderTimeout: 10 * time.Second},
-		l:   l,
-	}, nil
-}
-
-func (h *httpServer) serve() {
-	_ = h.srv.Serve(h.l)
-}
-
-func (h *httpServer) shutdown() {
-	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
-	defer cancel()
-	if err := h.srv.Shutdown(ctx); err != nil {
-		_ = h.srv.Close()
-	}
+	return h, nil
 }
 
 // readinessTimeout bounds one /readyz check.
@@ -86,6 +87,6 @@ func (s *Server) readiness(ctx context.Context) error {
 		if err := c.Ping(ctx); err != nil {
 			return fmt.Errorf("database unreachable: %w", err)
 		}
-		return schemaCurrent(ctx, c)
+		return observe.SchemaCurrent(ctx, c)
 	})
 }

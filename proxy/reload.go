@@ -27,29 +27,26 @@ func (s *Server) audit(ctx context.Context, atStart bool) error {
 		return err
 	})
 	if err != nil {
-		s.metrics.auditRuns.WithLabelValues("error").Inc()
+		s.metrics.AuditRun("error")
 		if atStart && !s.opts.unsafe {
 			return fmt.Errorf("%w: the audit could not run: %w (start with --unsafe to skip it)", ErrAuditFailed, err)
 		}
 		s.logger.Warn("isolation audit could not run", "error", err)
 		return nil
 	}
-	s.metrics.isolationCheck.Reset()
+	s.metrics.IsolationChecks(checks)
 	var failed []string
 	for _, c := range checks {
-		v := 1.0
 		if !c.OK {
-			v = 0
 			failed = append(failed, fmt.Sprintf("%s (%s)", c.Name, c.Detail))
 		}
-		s.metrics.isolationCheck.WithLabelValues(c.Name).Set(v)
 	}
 	if len(failed) == 0 {
-		s.metrics.auditRuns.WithLabelValues("pass").Inc()
+		s.metrics.AuditRun("pass")
 		s.logger.Info("isolation audit passed", "checks", len(checks))
 		return nil
 	}
-	s.metrics.auditRuns.WithLabelValues("fail").Inc()
+	s.metrics.AuditRun("fail")
 	if atStart && !s.opts.unsafe {
 		return fmt.Errorf("%w: %s; fix the database (vitalproxy check, vitalproxy tenant sync) or start with --unsafe",
 			ErrAuditFailed, strings.Join(failed, "; "))
@@ -87,11 +84,11 @@ func (s *Server) Reload(ctx context.Context) error {
 	defer s.reloadMu.Unlock()
 	err := s.reload(ctx)
 	if err != nil {
-		s.metrics.configReloads.WithLabelValues("failure").Inc()
+		s.metrics.ConfigReload(false)
 		s.logger.Error("reload failed; keeping the running configuration", "error", err)
 		return err
 	}
-	s.metrics.configReloads.WithLabelValues("success").Inc()
+	s.metrics.ConfigReload(true)
 	s.logger.Info("configuration reloaded")
 	if err := s.audit(ctx, false); err != nil {
 		s.logger.Warn("isolation audit after reload", "error", err)

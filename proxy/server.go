@@ -21,8 +21,10 @@ import (
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/config"
 	"github.com/vitalproxy/vitalproxy/proxy/notify"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/rawio"
+	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -149,7 +151,7 @@ type Server struct {
 	logger   *slog.Logger
 	opts     options
 	registry *prometheus.Registry
-	metrics  *Metrics
+	metrics  *observe.Metrics
 	cancels  *cancelMap
 	admin    *adminConn
 	counts   *clientCounts
@@ -161,7 +163,7 @@ type Server struct {
 	// recycling tracks backends being reset after their client left.
 	recycling sync.WaitGroup
 	// loops forward plain-socket sessions (nil: goroutine copies).
-	loops *evGroup
+	loops *sessionmode.Loops
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -200,12 +202,12 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 		return nil, errors.New("no admin connection: set upstream.admin_url or database_url (the proxy reads users and tenants through it)")
 	}
 	reg := prometheus.NewRegistry()
-	registerRuntime(reg)
+	observe.RegisterRuntime(reg)
 	s := &Server{
 		logger:    logger,
 		opts:      o,
 		registry:  reg,
-		metrics:   NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
+		metrics:   observe.NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
 		cancels:   newCancelMap(),
 		counts:    newClientCounts(),
 		admin:     newAdminConn(string(cfg.Upstream.AdminURL)),
@@ -275,14 +277,14 @@ func (s *Server) Run(ctx context.Context) error {
 		return err
 	}
 	defer s.pool.Close()
-	if s.loops, err = newEvGroup(forwardLoops()); err != nil {
+	if s.loops, err = sessionmode.NewLoops(forwardLoops()); err != nil {
 		s.logger.Warn("event-loop forwarding unavailable; using goroutine copies", "error", err)
 		s.loops = nil
 	}
 	if s.loops != nil {
-		defer s.loops.close()
+		defer s.loops.Close()
 	}
-	s.metrics.watchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
+	s.metrics.WatchPool(s.registry, s.pool, func() *upstream.Dialer { return s.rt.Load().dialer })
 
 	listeners, err := s.listen(rt.cfg)
 	if err != nil {
@@ -320,7 +322,7 @@ func (s *Server) Run(ctx context.Context) error {
 		bg.Add(1)
 		go func() {
 			defer bg.Done()
-			httpSrv.serve()
+			httpSrv.Serve()
 		}()
 	}
 	s.logger.Info("proxy ready", s.readyAttrs()...)
@@ -336,7 +338,7 @@ func (s *Server) Run(ctx context.Context) error {
 	s.recycling.Wait()
 	stopBackground()
 	if httpSrv != nil {
-		httpSrv.shutdown()
+		httpSrv.Shutdown()
 	}
 	bg.Wait()
 	s.logger.Info("proxy stopped")
@@ -466,8 +468,8 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 
 // acceptedConn is the connection a session serves for an accepted socket:
 // start-up, authentication and transaction mode read and write it with raw
-// system calls (see rawio); session mode's event loops take it over when
-// isPlain.
+// system calls (see rawio); session mode's event loops take it over (see
+// sessionmode.Plain).
 func acceptedConn(c net.Conn) net.Conn { return rawio.Wrap(c) }
 
 // track registers a session for the drain.

@@ -22,7 +22,11 @@ import (
 	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/backend"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
+	"github.com/vitalproxy/vitalproxy/proxy/startup"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
 
@@ -104,9 +108,8 @@ type session struct {
 	// settings are the client's startup settings as applied; the reset
 	// applies them again for the next client.
 	settings map[string]string
-	// loopServerFd and loopClientFd are the descriptors an event loop
-	// forwards, or -1.
-	loopServerFd, loopClientFd int
+	// fwd forwards the session in session mode.
+	fwd sessionmode.Forwarder
 
 	user     string
 	tenant   string
@@ -131,9 +134,6 @@ func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
 		remote: conn.RemoteAddr().String(),
 		conn:   conn,
 		raw:    conn,
-
-		loopServerFd: -1,
-		loopClientFd: -1,
 	}
 	s.logger = srv.logger.With("session_id", s.id, "remote_addr", s.remote)
 	return s
@@ -184,10 +184,10 @@ func (s *session) run(ctx context.Context) {
 		_ = s.transition(stateClosed)
 		return
 	}
-	m.connectionAttempts.WithLabelValues("ok").Inc()
-	m.sessionSetup.Observe(time.Since(s.start).Seconds())
-	tm := m.forTenant(s.tenant)
-	tm.connections.Inc()
+	m.ConnectionAttempt("ok")
+	m.SessionSetup(time.Since(s.start))
+	tm := m.ForTenant(s.tenant)
+	tm.Connections.Inc()
 	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
 
 	if s.tx != nil {
@@ -198,9 +198,9 @@ func (s *session) run(ctx context.Context) {
 		s.recycle(reusable)
 	}
 
-	tm.connections.Dec()
+	tm.Connections.Dec()
 	s.srv.cancels.remove(s.key)
-	m.sessionEnds.WithLabelValues(reason.String()).Inc()
+	m.SessionEnd(reason.String())
 	_ = s.transition(stateClosed)
 	s.logger.Info("session closed", "reason", reason.String(),
 		"duration_seconds", time.Since(s.start).Seconds(),
@@ -238,18 +238,54 @@ func (s *session) recycle(reusable bool) {
 	srv.recycling.Add(1)
 	go func() {
 		defer srv.recycling.Done()
-		reported, err := resetBackend(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
+		reported, err := backend.Reset(context.Background(), b.Conn.Conn, resetQuery, tenantID, idle, keep)
 		if err != nil {
-			srv.metrics.countReset(false)
+			srv.metrics.CountReset(false)
 			srv.logger.Debug("backend reset failed; closing it", "error", err)
 		} else {
-			srv.metrics.countReset(true)
+			srv.metrics.CountReset(true)
 			b.Data = nil
 			b.Settings = keep
 			b.Reported = reported
 		}
 		srv.pool.Release(b, err == nil)
 	}()
+}
+
+// forward moves bytes between the client and the backend until one side
+// ends (see sessionmode.Forwarder.Run). It reports whether the backend may
+// be reset and reused: true when the client ended first (Terminate or
+// hang-up) and the backend was not touched since.
+func (s *session) forward(tm observe.Tenant) (endReason, bool) {
+	res := s.fwd.Run(s.conn, s.backend.Conn.Conn, sessionmode.Options{
+		Loops:          s.srv.loops,
+		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
+		Channels:       s.rt.channels(s.tenantID),
+		BackendPID:     s.backend.PID,
+		ClientPID:      s.key.pid,
+		Forced:         &s.forced,
+	})
+	_ = s.transition(stateDraining)
+	s.c2s, s.s2c = res.C2S, res.S2C
+	tm.C2S.Add(float64(s.c2s))
+	tm.S2C.Add(float64(s.s2c))
+	tm.Dropped.Add(float64(res.Dropped))
+	var reason endReason
+	switch res.End {
+	case sessionmode.EndShutdown:
+		reason = reasonShutdown
+	case sessionmode.EndServer:
+		reason = reasonServerClosed
+	case sessionmode.EndProtocol:
+		reason = reasonProtocolError
+	default:
+		reason = reasonClientClosed
+		s.idleAtEnd = res.Idle
+	}
+	if res.Reusable {
+		s.backend.Conn.Conn = res.Server
+	}
+	return reason, res.Reusable
 }
 
 // refuse ends a session that never reached forwarding: it tells the client
@@ -264,7 +300,7 @@ func (s *session) refuse(reason endReason, err error) {
 	if s.hasKey {
 		s.srv.cancels.remove(s.key)
 	}
-	m.connectionAttempts.WithLabelValues(reason.String()).Inc()
+	m.ConnectionAttempt(reason.String())
 	if reason == reasonCancelRequest {
 		return
 	}
@@ -299,6 +335,10 @@ func (s *session) classify(err error) *clientError {
 	if errors.As(err, &ce) {
 		return ce
 	}
+	var se *startup.Error
+	if errors.As(err, &se) {
+		return &clientError{reason: startupReason(se.Reason), code: se.Code, message: se.Message}
+	}
 	var ne net.Error
 	if errors.As(err, &ne) && ne.Timeout() {
 		return &clientError{reason: reasonStartupTimeout, code: codeProtocolViolation,
@@ -313,7 +353,7 @@ func (s *session) classify(err error) *clientError {
 		if reason == "" {
 			reason = "unknown"
 		}
-		s.srv.metrics.authFailures.WithLabelValues(reason).Inc()
+		s.srv.metrics.AuthFailure(reason)
 		code := ae.Code
 		if code == "" {
 			code = codeInvalidPassword
@@ -330,7 +370,7 @@ func (s *session) classify(err error) *clientError {
 // isDisconnect reports whether err means the peer went away.
 func isDisconnect(err error) bool {
 	return errors.Is(err, io.EOF) || errors.Is(err, io.ErrUnexpectedEOF) || errors.Is(err, net.ErrClosed) ||
-		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, errClientTerminated)
+		errors.Is(err, syscall.ECONNRESET) || errors.Is(err, syscall.EPIPE) || errors.Is(err, startup.ErrClientTerminated)
 }
 
 // sendFatal writes one ErrorResponse to the client, best effort, under its
@@ -361,7 +401,7 @@ func (s *session) closeAll() {
 func (s *session) forceClose() {
 	s.forced.Store(true)
 	s.mu.Lock()
-	if s.killLoopForward() {
+	if s.fwd.Kill() {
 		s.mu.Unlock()
 		return
 	}
@@ -387,7 +427,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	var (
-		pkt   *startupPacket
+		pkt   *startup.Packet
 		err   error
 		isTLS bool
 	)
@@ -395,12 +435,12 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		if i > maxPreludePackets {
 			return reasonNone, protocolError("too many startup packets")
 		}
-		pkt, err = readStartupPacket(s.conn, lim.MaxStartupPacket)
+		pkt, err = startup.ReadPacket(s.conn, lim.MaxStartupPacket)
 		if err != nil {
 			return reasonNone, err
 		}
-		switch pkt.kind {
-		case packetSSLRequest:
+		switch pkt.Kind {
+		case startup.PacketSSLRequest:
 			if isTLS {
 				return reasonNone, protocolError("SSLRequest after TLS was negotiated")
 			}
@@ -427,13 +467,13 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 				return reasonNone, err
 			}
 			continue
-		case packetGSSENCRequest:
+		case startup.PacketGSSENCRequest:
 			if _, err := s.conn.Write([]byte{'N'}); err != nil {
 				return reasonNone, err
 			}
 			continue
-		case packetCancel:
-			s.serveCancel(ctx, pkt.cancel)
+		case startup.PacketCancel:
+			s.serveCancel(ctx, pkt.Cancel)
 			return reasonCancelRequest, nil
 		}
 		break
@@ -441,25 +481,25 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if s.srv.draining.Load() {
 		return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
 	}
-	params, err := filterStartupParams(pkt.startup.Parameters)
+	params, err := startup.FilterParams(pkt.Startup.Parameters)
 	if err != nil {
 		return reasonNone, err
 	}
-	s.user = params.user
-	if len(params.dropped) > 0 {
-		s.logger.Debug("dropped startup parameters", "params", params.dropped)
+	s.user = params.User
+	if len(params.Dropped) > 0 {
+		s.logger.Debug("dropped startup parameters", "params", params.Dropped)
 	}
-	if db := params.database; db != "" && db != rt.upstreamDB && db != params.user && db != userPart(params.user) {
+	if db := params.Database; db != "" && db != rt.upstreamDB && db != params.User && db != userPart(params.User) {
 		return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
 	}
 	s.counted = true
 	if n := s.srv.clients.Add(1); lim.MaxClientConns > 0 && n > int64(lim.MaxClientConns) {
 		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
 	}
-	wire := &clientWire{conn: s.conn, maxLen: lim.MaxStartupPacket}
-	if pkt.minor > 0 || len(pkt.unknownProto) > 0 {
-		sort.Strings(pkt.unknownProto)
-		if err := wire.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: pkt.unknownProto}); err != nil {
+	wire := startup.NewWire(s.conn, lim.MaxStartupPacket)
+	if pkt.Minor > 0 || len(pkt.UnknownOptions) > 0 {
+		sort.Strings(pkt.UnknownOptions)
+		if err := wire.Send(&pgproto3.NegotiateProtocolVersion{NewestMinorProtocol: 0, UnrecognizedOptions: pkt.UnknownOptions}); err != nil {
 			return reasonNone, err
 		}
 	}
@@ -467,7 +507,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err := s.must(stateAuthenticating); err != nil {
 		return reasonNone, err
 	}
-	req := auth.Request{StartupUser: params.user, TLS: isTLS}
+	req := auth.Request{StartupUser: params.User, TLS: isTLS}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		req.PeerCertificate = peerCertificate(tc)
 	}
@@ -484,10 +524,10 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	s.identity = id
 	policy := policyFor(rt.cfg, id)
 	for k, v := range policy.settings {
-		if params.runtime == nil {
-			params.runtime = map[string]string{}
+		if params.Runtime == nil {
+			params.Runtime = map[string]string{}
 		}
-		params.runtime[k] = v
+		params.Runtime[k] = v
 	}
 	// Authentication is over; nothing is read from the client until
 	// forwarding starts.
@@ -502,7 +542,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	if policy.mode == "transaction" {
-		return s.setupTransactionMode(ctx, id, params.runtime, wire)
+		return s.setupTransactionMode(ctx, id, params.Runtime, wire)
 	}
 	// A new backend asserted the tenant context as it logged in; a reused
 	// one asserted it again when its previous client's session was reset.
@@ -510,7 +550,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err != nil {
 		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		if ce.reason == reasonContextFailed {
-			s.srv.metrics.contextInjections.WithLabelValues("failure").Inc()
+			s.srv.metrics.ContextInjection(false)
 		}
 		return reasonNone, ce
 	}
@@ -522,7 +562,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 			return reasonNone, backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		}
 	}
-	s.srv.metrics.contextInjections.WithLabelValues("ok").Inc()
+	s.srv.metrics.ContextInjection(true)
 	s.mu.Lock()
 	s.backend = b
 	s.tenantID = id.Tenant.ID
@@ -538,8 +578,8 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	from := b.Settings
 	b.Settings, b.Reported = nil, nil
-	s.settings = params.runtime
-	if err := applySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
+	s.settings = params.Runtime
+	if err := backend.ApplySettings(ctx, b.Conn, from, s.settings, serverParams); err != nil {
 		var pgErr *pgconn.PgError
 		if errors.As(err, &pgErr) {
 			return reasonNone, newClientError(reasonParamRefused, pgErr.Code, err, "%s", pgErr.Message)
@@ -552,31 +592,13 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(handover(serverParams, key)...); err != nil {
+	if err := wire.Send(startup.Handover(serverParams, key.pid, key.secret[:])...); err != nil {
 		return reasonNone, err
 	}
 	if err := s.must(stateForwarding); err != nil {
 		return reasonNone, err
 	}
 	return reasonNone, nil
-}
-
-// handover returns the messages that end the startup phase: the upstream's
-// ParameterStatus messages, the proxy's BackendKeyData and ReadyForQuery.
-func handover(params map[string]string, key cancelKey) []pgproto3.BackendMessage {
-	names := make([]string, 0, len(params))
-	for k := range params {
-		names = append(names, k)
-	}
-	sort.Strings(names)
-	msgs := make([]pgproto3.BackendMessage, 0, len(names)+2)
-	for _, k := range names {
-		msgs = append(msgs, &pgproto3.ParameterStatus{Name: k, Value: params[k]})
-	}
-	msgs = append(msgs,
-		&pgproto3.BackendKeyData{ProcessID: key.pid, SecretKey: key.secret[:]},
-		&pgproto3.ReadyForQuery{TxStatus: 'I'})
-	return msgs
 }
 
 // userPart returns the user name without an "@tenant" suffix.
@@ -610,12 +632,12 @@ func (s *session) serveCancel(ctx context.Context, req *pgproto3.CancelRequest) 
 		err := target.cancel(cctx)
 		cancel()
 		if err != nil {
-			result = "error"
+			result = observe.CancelError
 			s.logger.Warn("cancel request not delivered", "error", err)
 		}
 	}
 	if result == cancelRefused {
 		s.logger.Warn("cancel request with a wrong key for a live session refused")
 	}
-	s.srv.metrics.cancelRequests.WithLabelValues(string(result)).Inc()
+	s.srv.metrics.CancelRequest(string(result))
 }

@@ -6,7 +6,9 @@ import (
 	"time"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
+	"github.com/vitalproxy/vitalproxy/proxy/startup"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
 )
 
@@ -20,10 +22,10 @@ func (t txCanceler) cancel(ctx context.Context) error { return t.c.Cancel(ctx) }
 // is held; the client is told the parameters a backend of its role reports
 // (with its own settings applied), then the txmode engine lends it a
 // backend per transaction.
-func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, settings map[string]string, wire *clientWire) (endReason, error) {
+func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, settings map[string]string, wire *startup.Wire) (endReason, error) {
 	rt := s.rt
 	m := s.srv.metrics
-	tm := m.forTenant(id.Tenant.Slug)
+	tm := m.ForTenant(id.Tenant.Slug)
 	tx, err := txmode.NewClient(s.conn, txmode.Options{
 		Pool:           s.srv.pool,
 		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
@@ -32,10 +34,10 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		Channels:       rt.channels(id.Tenant.ID),
 		Logger:         s.logger,
 		Hooks: txmode.Hooks{
-			OnTransaction:         func(time.Duration) { tm.transactions.Inc() },
-			OnNotificationDropped: tm.dropped.Inc,
-			OnPrepared:            m.countPrepared,
-			OnReset:               m.countReset,
+			OnTransaction:         func(time.Duration) { tm.Transactions.Inc() },
+			OnNotificationDropped: tm.Dropped.Inc,
+			OnPrepared:            m.CountPrepared,
+			OnReset:               m.CountReset,
 		},
 	})
 	if err != nil {
@@ -45,18 +47,18 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 	if err != nil {
 		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		if ce.reason == reasonContextFailed {
-			m.contextInjections.WithLabelValues("failure").Inc()
+			m.ContextInjection(false)
 		}
 		return reasonNone, ce
 	}
-	m.contextInjections.WithLabelValues("ok").Inc()
+	m.ContextInjection(true)
 	s.tx = tx
 	key, err := s.srv.cancels.register(txCanceler{tx})
 	if err != nil {
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(handover(params, key)...); err != nil {
+	if err := wire.Send(startup.Handover(params, key.pid, key.secret[:])...); err != nil {
 		return reasonNone, err
 	}
 	if err := s.must(stateForwarding); err != nil {
@@ -67,12 +69,12 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 
 // forwardTransactions runs the transaction-mode engine until the client
 // leaves.
-func (s *session) forwardTransactions(ctx context.Context, tm tenantMetrics) endReason {
+func (s *session) forwardTransactions(ctx context.Context, tm observe.Tenant) endReason {
 	err := s.tx.Run(ctx)
 	_ = s.transition(stateDraining)
 	s.c2s, s.s2c = s.tx.BytesFromClient(), s.tx.BytesToClient()
-	tm.c2s.Add(float64(s.c2s))
-	tm.s2c.Add(float64(s.s2c))
+	tm.C2S.Add(float64(s.c2s))
+	tm.S2C.Add(float64(s.s2c))
 	_ = s.conn.Close()
 	switch {
 	case s.forced.Load():

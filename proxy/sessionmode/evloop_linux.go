@@ -1,6 +1,6 @@
 //go:build linux
 
-package proxy
+package sessionmode
 
 import (
 	"encoding/binary"
@@ -24,23 +24,25 @@ import (
 // that is one receive and one send system call, with no speculative read
 // that finds nothing, no goroutine wake-up per session and no user-space
 // copy beyond one shared buffer per loop. TLS sessions keep the goroutine
-// copy (see forward).
+// copy (see Forwarder.Run).
 
 // loopBufferSize is each loop's read buffer, shared by its sessions.
 const loopBufferSize = 64 << 10
 
-// evGroup spreads sessions over its loops. Safe for concurrent use.
-type evGroup struct {
+// Loops is a group of event loops that sessions are spread over. Safe for
+// concurrent use.
+type Loops struct {
 	loops []*evLoop
 	next  atomic.Uint32
 }
 
-func newEvGroup(n int) (*evGroup, error) {
-	g := &evGroup{}
+// NewLoops starts n event loops; Close stops them.
+func NewLoops(n int) (*Loops, error) {
+	g := &Loops{}
 	for range n {
 		l, err := newEvLoop()
 		if err != nil {
-			g.close()
+			g.Close()
 			return nil, err
 		}
 		g.loops = append(g.loops, l)
@@ -48,11 +50,13 @@ func newEvGroup(n int) (*evGroup, error) {
 	return g, nil
 }
 
-func (g *evGroup) pick() *evLoop {
+func (g *Loops) pick() *evLoop {
 	return g.loops[int(g.next.Add(1))%len(g.loops)]
 }
 
-func (g *evGroup) close() {
+// Close stops the loops; the sessions they still forward end as if the
+// server had gone.
+func (g *Loops) Close() {
 	for _, l := range g.loops {
 		l.stop()
 	}
@@ -395,95 +399,90 @@ func dupFd(c net.Conn) (int, error) {
 // are closed: that takes the sockets out of the runtime's own poller, which
 // would otherwise be woken for every packet the loop handles. A backend that
 // may be reused gets a new Go connection afterwards (see ended).
-func (s *session) forwardLoop(g *evGroup) (fwdResult, bool) {
-	client, server := s.conn, s.backend.Conn.Conn
+func (f *Forwarder) forwardLoop(g *Loops, client, server net.Conn, o *Options) (Result, bool) {
 	cfd, err := dupFd(client)
 	if err != nil {
-		return fwdResult{}, false
+		return Result{}, false
 	}
 	sfd, err := dupFd(server)
 	if err != nil {
 		unix.Close(cfd)
-		return fwdResult{}, false
+		return Result{}, false
 	}
 	_ = client.Close()
 	_ = server.Close()
 	j := &fwdJob{clientFd: cfd, serverFd: sfd, done: make(chan fwdResult, 1)}
-	j.fromClient, j.fromServer = s.framers()
-	s.mu.Lock()
-	s.loopServerFd = sfd
-	s.loopClientFd = cfd
-	s.mu.Unlock()
-	if s.forced.Load() {
+	j.fromClient, j.fromServer = o.framers()
+	f.mu.Lock()
+	f.serverFd, f.looping = sfd, true
+	f.mu.Unlock()
+	if o.Forced.Load() {
 		_ = unix.Shutdown(sfd, unix.SHUT_RDWR)
 	}
 	g.pick().add(j)
-	return <-j.done, true
+	return f.ended(<-j.done, cfd, sfd, o), true
 }
 
-// ended turns an event loop's result into the session's end reason and
-// whether the backend may be reused, telling the client when needed, and
-// releases the loop's descriptors: the client's is closed, the backend's
-// becomes the backend's Go connection again when it may be reused.
-func (s *session) ended(tm tenantMetrics, res fwdResult) (endReason, bool) {
-	_ = s.transition(stateDraining)
-	s.c2s, s.s2c = res.c2s, res.s2c
-	tm.c2s.Add(float64(s.c2s))
-	tm.s2c.Add(float64(s.s2c))
-	tm.dropped.Add(float64(res.dropped))
-	s.mu.Lock()
-	cfd, sfd := s.loopClientFd, s.loopServerFd
-	s.loopClientFd, s.loopServerFd = -1, -1
-	s.mu.Unlock()
+// ended turns an event loop's result into the session's, telling the
+// client when needed, and releases the loop's descriptors: the client's is
+// closed, the backend's becomes the backend's Go connection again when it
+// may be reused.
+func (f *Forwarder) ended(fr fwdResult, cfd, sfd int, o *Options) Result {
+	res := Result{C2S: fr.c2s, S2C: fr.s2c, Dropped: fr.dropped}
+	f.mu.Lock()
+	f.looping = false
+	f.mu.Unlock()
 	tell := func(code, message string) {
-		if b, err := fatal(code, message, "").Encode(nil); err == nil {
+		if b, err := fatalMessage(code, message); err == nil {
 			_, _ = unix.Write(cfd, b)
 		}
 	}
-	var reason endReason
-	reusable := false
 	switch {
-	case s.forced.Load():
-		reason = reasonShutdown
+	case o.Forced.Load():
+		res.End = EndShutdown
 		tell(codeAdminShutdown, "terminating connection because the proxy is shutting down")
-	case !res.clientEnded:
-		reason = reasonServerClosed
+	case !fr.clientEnded:
+		res.End = EndServer
 		tell(codeConnectionFailure, "server connection lost")
-	case errors.Is(res.err, errMessageTooLarge):
-		reason = reasonProtocolError
+	case errors.Is(fr.err, errMessageTooLarge):
+		res.End = EndProtocol
 		tell(codeProtocolViolation, "message too large")
-	case errors.Is(res.err, errProtocol):
-		reason = reasonProtocolError
+	case errors.Is(fr.err, errProtocol):
+		res.End = EndProtocol
 		tell(codeProtocolViolation, "invalid message length")
 	default:
-		reason = reasonClientClosed
+		res.End = EndClient
 		// A backend whose stream stopped inside a message (or with bytes
 		// still owed to it) is out of step: not worth a reset.
-		reusable = !res.serverSplit
-		s.idleAtEnd = res.idle
+		res.Reusable = !fr.serverSplit
+		res.Idle = fr.idle
 	}
 	unix.Close(cfd)
-	if reusable {
-		f := os.NewFile(uintptr(sfd), "backend")
-		nc, err := net.FileConn(f)
-		f.Close()
+	if res.Reusable {
+		file := os.NewFile(uintptr(sfd), "backend")
+		nc, err := net.FileConn(file)
+		file.Close()
 		if err != nil {
-			return reason, false
+			res.Reusable = false
+			return res
 		}
-		s.backend.Conn.Conn = nc
-		return reason, true
+		res.Server = nc
+		return res
 	}
 	unix.Close(sfd)
-	return reason, false
+	return res
 }
 
-// killLoopForward makes a session forwarded by a loop end: the backend
-// socket is shut down (the loop holds the only descriptor). Caller holds
-// s.mu.
-func (s *session) killLoopForward() bool {
-	if s.loopServerFd < 0 {
+// Kill makes a session that an event loop forwards end, from any
+// goroutine: the backend socket is shut down (the loop holds the only
+// descriptor). It reports false when no loop forwards the session; then
+// closing the backend connection ends the forwarding.
+func (f *Forwarder) Kill() bool {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	if !f.looping {
 		return false
 	}
-	_ = unix.Shutdown(s.loopServerFd, unix.SHUT_RDWR)
+	_ = unix.Shutdown(f.serverFd, unix.SHUT_RDWR)
 	return true
 }

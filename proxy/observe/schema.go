@@ -1,4 +1,4 @@
-package proxy
+package observe
 
 import (
 	"context"
@@ -15,9 +15,11 @@ import (
 // bookkeeping table.
 const schemaVersionSQL = `SELECT max(version_id) FROM vital.goose_db_version WHERE is_applied AND version_id > 0`
 
-// schemaCurrent reports whether the database schema is at the migration
-// this binary was built with (migrations.LatestVersion).
-func schemaCurrent(ctx context.Context, c *pgx.Conn) error {
+// SchemaCurrent reports, as an error saying what to do, whether the
+// database schema is behind or ahead of the migration this binary was
+// built with (migrations.LatestVersion). /readyz calls it through the
+// admin connection.
+func SchemaCurrent(ctx context.Context, c *pgx.Conn) error {
 	var v *int64
 	err := c.QueryRow(ctx, schemaVersionSQL).Scan(&v)
 	var pgErr *pgconn.PgError

@@ -1,4 +1,4 @@
-package proxy
+package backend
 
 import (
 	"bufio"
@@ -17,104 +17,16 @@ import (
 	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/jackc/pgx/v5/pgproto3"
 
-	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/txmode"
-	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
-// newPool builds the server-connection pool shared by every session. Its
-// dial function reads the current runtime configuration, so a reload that
-// changes the upstream URL or the role secret applies to new backends.
-func (s *Server) newPool(cfg poolSettings) (*pool.Pool, error) {
-	return pool.New(pool.Config{
-		MaxConns:          cfg.maxConns,
-		MaxConnsPerTenant: cfg.maxPerTenant,
-		TenantMaxConns:    cfg.tenantMax,
-		MinIdle:           cfg.minIdle,
-		TenantMinIdle:     cfg.tenantMinIdle,
-		QueueTimeout:      cfg.queueTimeout,
-		IdleTimeout:       cfg.idleTimeout,
-		Lifetime:          cfg.lifetime,
-		OnWait:            s.metrics.observeWait,
-	}, s.dialBackend)
-}
-
-// dialBackend logs in as key.Role and asserts the tenant context in the
-// same round trip. It refuses a login that reports superuser rights or
-// another session user: tenant traffic never runs as either.
-func (s *Server) dialBackend(ctx context.Context, key pool.Key) (*upstream.Conn, error) {
-	rt := s.rt.Load()
-	if d := rt.cfg.Upstream.ConnectTimeout; d > 0 {
-		var cancel context.CancelFunc
-		ctx, cancel = context.WithTimeout(ctx, d)
-		defer cancel()
-	}
-	c, err := rt.dialer.Dial(ctx, upstream.Options{Role: key.Role, TenantID: key.TenantID})
-	if err != nil {
-		s.metrics.upstreamConnectErrs.Inc()
-		return nil, err
-	}
-	for _, p := range c.Params {
-		bad := (p.Name == "is_superuser" && p.Value != "off") ||
-			(p.Name == "session_authorization" && p.Value != key.Role)
-		if bad {
-			_ = c.Terminate()
-			return nil, fmt.Errorf("%w: upstream reports %s=%q for role %q", errUnsafeLogin, p.Name, p.Value, key.Role)
-		}
-	}
-	return c, nil
-}
-
-var errUnsafeLogin = errors.New("the tenant login role is not safe to use")
-
-// backendError turns a failure to get a backend into what the client is
-// told.
-func backendError(tenant string, queueTimeout time.Duration, err error) *clientError {
-	var pgErr *pgconn.PgError
-	switch {
-	case errors.Is(err, pool.ErrQueueTimeout):
-		return newClientError(reasonPoolTimeout, codeTooManyConnections, err,
-			"no server connection became free for tenant %q within %s; try again later", tenant, queueTimeout)
-	case errors.Is(err, errUnsafeLogin):
-		return newClientError(reasonContextFailed, codeInternalError, err, "the tenant login role is not safe to use")
-	case errors.As(err, &pgErr) && pgErr.Code == "42501":
-		return newClientError(reasonContextFailed, codeInvalidAuthSpec, err,
-			"the database refused the tenant context for this login")
-	case errors.As(err, &pgErr) && isAuthClass(pgErr.Code):
-		return newClientError(reasonUpstreamFailed, codeInvalidAuthSpec, err,
-			"the database refused the login role of this tenant")
-	case errors.As(err, &pgErr) && pgErr.Code == "57P03":
-		return newClientError(reasonUpstreamFailed, codeCannotConnectNow, err, "the database server is starting up or shutting down")
-	case errors.Is(err, pool.ErrClosed):
-		return newClientError(reasonShuttingDown, codeCannotConnectNow, err, "the proxy is shutting down")
-	}
-	return newClientError(reasonUpstreamFailed, codeConnectionFailure, err, "could not connect to the database server")
-}
-
-// isAuthClass reports whether code is in SQLSTATE class 28 (invalid
-// authorization specification).
-func isAuthClass(code string) bool { return len(code) == 5 && code[:2] == "28" }
-
-// backendCanceler cancels whatever the backend is running.
-type backendCanceler struct{ b *pool.Backend }
-
-func (c backendCanceler) cancel(ctx context.Context) error { return c.b.Cancel(ctx) }
-
-// paramsOf returns the backend's ParameterStatus values.
-func paramsOf(b *pool.Backend) map[string]string {
-	m := make(map[string]string, len(b.Params))
-	for _, p := range b.Params {
-		m[p.Name] = p.Value
-	}
-	return m
-}
-
-// applySettings moves the backend's settings from what a reset left
+// ApplySettings moves the backend's settings from what a reset left
 // (from; nil for the server's defaults) to the client's allow-listed
 // startup settings (to) in one round trip, if they differ, the way the
 // transaction engine applies them (txmode.SettingsQueries), and merges the
-// ParameterStatus values the server reports into params.
-func applySettings(ctx context.Context, conn net.Conn, from, to map[string]string, params map[string]string) error {
+// ParameterStatus values the server reports into params. A setting the
+// server refuses is a *pgconn.PgError.
+func ApplySettings(ctx context.Context, conn net.Conn, from, to map[string]string, params map[string]string) error {
 	queries, err := txmode.SettingsQueries(from, to)
 	if err != nil || len(queries) == 0 {
 		return err
@@ -123,7 +35,7 @@ func applySettings(ctx context.Context, conn net.Conn, from, to map[string]strin
 	for _, q := range queries {
 		buf, _ = (&pgproto3.Query{String: q}).Encode(buf)
 	}
-	return roundTrip(ctx, conn, buf, len(queries), func(typ byte, body []byte) error {
+	return RoundTrip(ctx, conn, buf, len(queries), func(typ byte, body []byte) error {
 		if typ == 'S' {
 			var ps pgproto3.ParameterStatus
 			if err := ps.Decode(body); err == nil {
@@ -174,11 +86,12 @@ func exchange(ctx context.Context, conn net.Conn, buf []byte, next func(typ byte
 	}
 }
 
-// roundTrip writes buf and reads until the want-th ReadyForQuery, calling
-// fn for every other message; an ErrorResponse fails it (after reading on
-// to the ReadyForQuery, so the connection stays in step). The final
-// ReadyForQuery must report an idle backend.
-func roundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func(typ byte, body []byte) error) error {
+// RoundTrip writes buf and reads until the want-th ReadyForQuery, calling
+// fn for every other message; an ErrorResponse fails it as a
+// *pgconn.PgError (after reading on to the ReadyForQuery, so the
+// connection stays in step). The final ReadyForQuery must report an idle
+// backend. The body fn gets is valid only until it returns.
+func RoundTrip(ctx context.Context, conn net.Conn, buf []byte, want int, fn func(typ byte, body []byte) error) error {
 	var failure error
 	return exchange(ctx, conn, buf, func(typ byte, body []byte) (bool, error) {
 		switch typ {
@@ -237,7 +150,7 @@ const resetTimeout = 5 * time.Second
 
 var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{4}-[0-9a-fA-F]{12}$`)
 
-// resetBackend makes a backend that a session-mode client left behind safe
+// Reset makes a backend that a session-mode client left behind safe
 // for the next client of the same role: whatever the client left (a COPY, a
 // half-sent extended query, an open transaction, session state) is ended,
 // resetQuery (DISCARD ALL by default) runs, and the tenant context is
@@ -251,7 +164,7 @@ var uuidPattern = regexp.MustCompile(`^[0-9a-fA-F]{8}-[0-9a-fA-F]{4}-[0-9a-fA-F]
 // round trip of its own; the caller passes them only when resetQuery is
 // DISCARD ALL. It returns the ParameterStatus values the server reported
 // during the reset, latest last.
-func resetBackend(ctx context.Context, conn net.Conn, resetQuery, tenantID string, idle bool, keep map[string]string) (map[string]string, error) {
+func Reset(ctx context.Context, conn net.Conn, resetQuery, tenantID string, idle bool, keep map[string]string) (map[string]string, error) {
 	if !uuidPattern.MatchString(tenantID) {
 		return nil, fmt.Errorf("tenant id %q is not a uuid", tenantID)
 	}

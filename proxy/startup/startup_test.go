@@ -1,4 +1,4 @@
-package proxy
+package startup
 
 import (
 	"bytes"
@@ -30,7 +30,7 @@ func packet(code uint32, extra ...byte) []byte {
 	return append(b, extra...)
 }
 
-func TestReadStartupPacket(t *testing.T) {
+func TestReadPacket(t *testing.T) {
 	huge := make([]byte, 8)
 	binary.BigEndian.PutUint32(huge, 1<<30)
 	negative := []byte{0xff, 0xff, 0xff, 0xf0, 0, 0, 0, 0}
@@ -38,33 +38,33 @@ func TestReadStartupPacket(t *testing.T) {
 	tests := []struct {
 		name     string
 		in       []byte
-		kind     packetKind
-		code     string // SQLSTATE of the clientError, "" for none
+		kind     PacketKind
+		code     string // SQLSTATE of the Error, "" for none
 		wantEOF  bool
-		checkMsg func(t *testing.T, p *startupPacket)
+		checkMsg func(t *testing.T, p *Packet)
 	}{
-		{name: "startup/3.0", in: startupBytes(t, protocolV3, map[string]string{"user": "alice", "database": "db"}), kind: packetStartup,
-			checkMsg: func(t *testing.T, p *startupPacket) {
-				if p.startup.Parameters["user"] != "alice" || p.minor != 0 {
-					t.Errorf("got %+v minor %d", p.startup.Parameters, p.minor)
+		{name: "startup/3.0", in: startupBytes(t, protocolV3, map[string]string{"user": "alice", "database": "db"}), kind: PacketStartup,
+			checkMsg: func(t *testing.T, p *Packet) {
+				if p.Startup.Parameters["user"] != "alice" || p.Minor != 0 {
+					t.Errorf("got %+v minor %d", p.Startup.Parameters, p.Minor)
 				}
 			}},
-		{name: "startup/3.2 negotiates", in: startupBytes(t, protocolV3|2, map[string]string{"user": "a", "_pq_.x": "1"}), kind: packetStartup,
-			checkMsg: func(t *testing.T, p *startupPacket) {
-				if p.minor != 2 || len(p.unknownProto) != 1 || p.unknownProto[0] != "_pq_.x" {
-					t.Errorf("minor %d unknown %v", p.minor, p.unknownProto)
+		{name: "startup/3.2 negotiates", in: startupBytes(t, protocolV3|2, map[string]string{"user": "a", "_pq_.x": "1"}), kind: PacketStartup,
+			checkMsg: func(t *testing.T, p *Packet) {
+				if p.Minor != 2 || len(p.UnknownOptions) != 1 || p.UnknownOptions[0] != "_pq_.x" {
+					t.Errorf("minor %d unknown %v", p.Minor, p.UnknownOptions)
 				}
-				if _, ok := p.startup.Parameters["_pq_.x"]; ok {
+				if _, ok := p.Startup.Parameters["_pq_.x"]; ok {
 					t.Error("protocol option left in parameters")
 				}
 			}},
-		{name: "startup/3.7 negotiates", in: startupBytes(t, protocolV3|7, map[string]string{"user": "a"}), kind: packetStartup},
-		{name: "ssl", in: packet(sslRequestCode), kind: packetSSLRequest},
-		{name: "gssenc", in: packet(gssEncRequestCode), kind: packetGSSENCRequest},
-		{name: "cancel", in: cancel, kind: packetCancel,
-			checkMsg: func(t *testing.T, p *startupPacket) {
-				if p.cancel.ProcessID != 42 || !bytes.Equal(p.cancel.SecretKey, []byte{1, 2, 3, 4}) {
-					t.Errorf("cancel %+v", p.cancel)
+		{name: "startup/3.7 negotiates", in: startupBytes(t, protocolV3|7, map[string]string{"user": "a"}), kind: PacketStartup},
+		{name: "ssl", in: packet(sslRequestCode), kind: PacketSSLRequest},
+		{name: "gssenc", in: packet(gssEncRequestCode), kind: PacketGSSENCRequest},
+		{name: "cancel", in: cancel, kind: PacketCancel,
+			checkMsg: func(t *testing.T, p *Packet) {
+				if p.Cancel.ProcessID != 42 || !bytes.Equal(p.Cancel.SecretKey, []byte{1, 2, 3, 4}) {
+					t.Errorf("cancel %+v", p.Cancel)
 				}
 			}},
 		{name: "bad/protocol 2", in: startupBytes(t, 2<<16, map[string]string{"user": "a"}), code: codeFeatureNotSupported},
@@ -84,7 +84,7 @@ func TestReadStartupPacket(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			p, err := readStartupPacket(bytes.NewReader(tt.in), 10000)
+			p, err := ReadPacket(bytes.NewReader(tt.in), 10000)
 			if tt.wantEOF {
 				if !errors.Is(err, io.EOF) && !errors.Is(err, io.ErrUnexpectedEOF) {
 					t.Fatalf("err = %v, want EOF", err)
@@ -92,17 +92,17 @@ func TestReadStartupPacket(t *testing.T) {
 				return
 			}
 			if tt.code != "" {
-				var ce *clientError
-				if !errors.As(err, &ce) || ce.code != tt.code {
-					t.Fatalf("err = %v, want clientError %s", err, tt.code)
+				var se *Error
+				if !errors.As(err, &se) || se.Code != tt.code {
+					t.Fatalf("err = %v, want Error %s", err, tt.code)
 				}
 				return
 			}
 			if err != nil {
 				t.Fatal(err)
 			}
-			if p.kind != tt.kind {
-				t.Fatalf("kind = %d, want %d", p.kind, tt.kind)
+			if p.Kind != tt.kind {
+				t.Fatalf("kind = %d, want %d", p.Kind, tt.kind)
 			}
 			if tt.checkMsg != nil {
 				tt.checkMsg(t, p)
@@ -111,13 +111,13 @@ func TestReadStartupPacket(t *testing.T) {
 	}
 }
 
-// TestReadStartupPacketLeavesPipelinedBytes checks the framing rule: bytes
+// TestReadPacketLeavesPipelinedBytes checks the framing rule: bytes
 // after the packet stay unread.
-func TestReadStartupPacketLeavesPipelinedBytes(t *testing.T) {
+func TestReadPacketLeavesPipelinedBytes(t *testing.T) {
 	sm := startupBytes(t, protocolV3, map[string]string{"user": "alice"})
 	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
 	r := bytes.NewReader(append(sm, q...))
-	if _, err := readStartupPacket(r, 10000); err != nil {
+	if _, err := ReadPacket(r, 10000); err != nil {
 		t.Fatal(err)
 	}
 	if r.Len() != len(q) {
@@ -125,7 +125,7 @@ func TestReadStartupPacketLeavesPipelinedBytes(t *testing.T) {
 	}
 }
 
-func TestFilterStartupParams(t *testing.T) {
+func TestFilterParams(t *testing.T) {
 	tests := []struct {
 		name    string
 		in      map[string]string
@@ -154,10 +154,10 @@ func TestFilterStartupParams(t *testing.T) {
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			sp, err := filterStartupParams(tt.in)
+			sp, err := FilterParams(tt.in)
 			if tt.code != "" {
-				var ce *clientError
-				if !errors.As(err, &ce) || ce.code != tt.code {
+				var se *Error
+				if !errors.As(err, &se) || se.Code != tt.code {
 					t.Fatalf("err = %v, want %s", err, tt.code)
 				}
 				return
@@ -165,19 +165,19 @@ func TestFilterStartupParams(t *testing.T) {
 			if err != nil {
 				t.Fatal(err)
 			}
-			if len(sp.runtime) != len(tt.runtime) {
-				t.Fatalf("runtime = %v, want %v", sp.runtime, tt.runtime)
+			if len(sp.Runtime) != len(tt.runtime) {
+				t.Fatalf("runtime = %v, want %v", sp.Runtime, tt.runtime)
 			}
 			for k, v := range tt.runtime {
-				if sp.runtime[k] != v {
-					t.Errorf("runtime[%s] = %q, want %q", k, sp.runtime[k], v)
+				if sp.Runtime[k] != v {
+					t.Errorf("runtime[%s] = %q, want %q", k, sp.Runtime[k], v)
 				}
 			}
 		})
 	}
 }
 
-func TestClientWireReceivePassword(t *testing.T) {
+func TestWireReceivePassword(t *testing.T) {
 	pw, _ := (&pgproto3.PasswordMessage{Password: "secret"}).Encode(nil)
 	q, _ := (&pgproto3.Query{String: "SELECT 1"}).Encode(nil)
 	term, _ := (&pgproto3.Terminate{}).Encode(nil)
@@ -190,13 +190,13 @@ func TestClientWireReceivePassword(t *testing.T) {
 	}{
 		{name: "password", in: pw, want: "secret\x00"},
 		{name: "query refused", in: q, err: func(err error) bool {
-			var ce *clientError
-			return errors.As(err, &ce) && ce.code == codeProtocolViolation
+			var se *Error
+			return errors.As(err, &se) && se.Code == codeProtocolViolation
 		}},
-		{name: "terminate", in: term, err: func(err error) bool { return errors.Is(err, errClientTerminated) }},
+		{name: "terminate", in: term, err: func(err error) bool { return errors.Is(err, ErrClientTerminated) }},
 		{name: "too long", in: big, err: func(err error) bool {
-			var ce *clientError
-			return errors.As(err, &ce) && ce.code == codeProtocolViolation
+			var se *Error
+			return errors.As(err, &se) && se.Code == codeProtocolViolation
 		}},
 		{name: "truncated", in: pw[:7], err: func(err error) bool { return errors.Is(err, io.ErrUnexpectedEOF) }},
 	}
@@ -205,7 +205,7 @@ func TestClientWireReceivePassword(t *testing.T) {
 			c1, c2 := net.Pipe()
 			defer c1.Close()
 			go func() { _, _ = c2.Write(tt.in); c2.Close() }()
-			w := &clientWire{conn: c1, maxLen: 1000}
+			w := NewWire(c1, 1000)
 			body, err := w.ReceivePassword()
 			if tt.err != nil {
 				if !tt.err(err) {
@@ -223,13 +223,13 @@ func TestClientWireReceivePassword(t *testing.T) {
 	}
 }
 
-// TestClientWireHold: held messages go out with the next Send, all in one
+// TestWireHold: held messages go out with the next Send, all in one
 // write, in order; Hold alone writes nothing.
-func TestClientWireHold(t *testing.T) {
+func TestWireHold(t *testing.T) {
 	c1, c2 := net.Pipe()
 	defer c1.Close()
 	defer c2.Close()
-	w := &clientWire{conn: c1, maxLen: 1000}
+	w := NewWire(c1, 1000)
 	// Any write now fails at once: Hold must not write.
 	_ = c1.SetWriteDeadline(time.Unix(1, 0))
 	final := &pgproto3.AuthenticationSASLFinal{Data: []byte("v=signature")}
@@ -271,27 +271,27 @@ func TestClientWireHold(t *testing.T) {
 	}
 }
 
-func FuzzParseStartupPacket(f *testing.F) {
+func FuzzParsePacket(f *testing.F) {
 	f.Add(startupBytes(f, protocolV3, map[string]string{"user": "alice", "database": "db", "options": "-c a=b"})[4:])
 	f.Add(packet(sslRequestCode)[4:])
 	f.Add(packet(cancelRequestCode, 0, 0, 0, 42, 1, 2, 3, 4)[4:])
 	f.Add(startupBytes(f, protocolV3|2, map[string]string{"user": "a", "_pq_.x": "1"})[4:])
 	f.Add([]byte{0, 3, 0, 0, 0})
 	f.Fuzz(func(t *testing.T, body []byte) {
-		p, err := parseStartupPacket(body)
+		p, err := parsePacket(body)
 		if err != nil {
-			var ce *clientError
-			if !errors.As(err, &ce) || ce.code == "" {
+			var se *Error
+			if !errors.As(err, &se) || se.Code == "" {
 				t.Fatalf("error without SQLSTATE: %v", err)
 			}
 			return
 		}
-		if p.kind == packetStartup {
-			sp, err := filterStartupParams(p.startup.Parameters)
+		if p.Kind == PacketStartup {
+			sp, err := FilterParams(p.Startup.Parameters)
 			if err != nil {
 				return
 			}
-			for k := range sp.runtime {
+			for k := range sp.Runtime {
 				if !allowedParams[strings.ToLower(k)] {
 					t.Fatalf("forwarded %q", k)
 				}

@@ -1,11 +1,14 @@
-package proxy
+package observe
 
 import (
 	"runtime"
 	"sync"
+	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
 	"github.com/prometheus/client_golang/prometheus/collectors"
+
+	"github.com/vitalproxy/vitalproxy/migrations/audit"
 )
 
 // Metrics holds the proxy's Prometheus collectors. They are registered on a
@@ -38,6 +41,15 @@ type Metrics struct {
 
 	tenants *tenantLabels
 }
+
+// Results of a cancel request, the values of the result label of
+// vitalproxy_cancel_requests_total.
+const (
+	CancelForwarded = "forwarded"
+	CancelUnknown   = "unknown" // no such key
+	CancelRefused   = "refused" // a live process id with the wrong key
+	CancelError     = "error"   // the backend could not be reached
+)
 
 // Directions of the bytes_total metric.
 const (
@@ -134,8 +146,8 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 	for _, r := range []string{"ok", "failure"} {
 		m.contextInjections.WithLabelValues(r)
 	}
-	for _, r := range []cancelLookup{cancelFound, cancelUnknown, cancelRefused, "error"} {
-		m.cancelRequests.WithLabelValues(string(r))
+	for _, r := range []string{CancelForwarded, CancelUnknown, CancelRefused, CancelError} {
+		m.cancelRequests.WithLabelValues(r)
 	}
 	for _, r := range []string{"success", "failure"} {
 		m.configReloads.WithLabelValues(r)
@@ -145,8 +157,64 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 	return m
 }
 
-// countReset counts a backend reset for reuse by its result.
-func (m *Metrics) countReset(ok bool) {
+// ConnectionAttempt counts a client connection by its setup outcome: "ok"
+// or the reason it was refused.
+func (m *Metrics) ConnectionAttempt(result string) {
+	m.connectionAttempts.WithLabelValues(result).Inc()
+}
+
+// SessionSetup records how long a session took from accept to its first
+// ReadyForQuery.
+func (m *Metrics) SessionSetup(d time.Duration) { m.sessionSetup.Observe(d.Seconds()) }
+
+// SessionEnd counts a forwarding session that ended, by reason.
+func (m *Metrics) SessionEnd(reason string) { m.sessionEnds.WithLabelValues(reason).Inc() }
+
+// AuthFailure counts a client authentication failure by reason.
+func (m *Metrics) AuthFailure(reason string) { m.authFailures.WithLabelValues(reason).Inc() }
+
+// ContextInjection counts a tenant context assertion by its result.
+func (m *Metrics) ContextInjection(ok bool) {
+	if ok {
+		m.contextInjections.WithLabelValues("ok").Inc()
+	} else {
+		m.contextInjections.WithLabelValues("failure").Inc()
+	}
+}
+
+// CancelRequest counts a cancel request by result (CancelForwarded, ...).
+func (m *Metrics) CancelRequest(result string) { m.cancelRequests.WithLabelValues(result).Inc() }
+
+// UpstreamConnectError counts a failed upstream login as a tenant role.
+func (m *Metrics) UpstreamConnectError() { m.upstreamConnectErrs.Inc() }
+
+// AuditRun counts an isolation audit run by result: pass, fail or error.
+func (m *Metrics) AuditRun(result string) { m.auditRuns.WithLabelValues(result).Inc() }
+
+// IsolationChecks replaces the exported results of the isolation audit's
+// checks with those of its latest run.
+func (m *Metrics) IsolationChecks(checks []audit.Check) {
+	m.isolationCheck.Reset()
+	for _, c := range checks {
+		v := 1.0
+		if !c.OK {
+			v = 0
+		}
+		m.isolationCheck.WithLabelValues(c.Name).Set(v)
+	}
+}
+
+// ConfigReload counts a configuration and directory reload by result.
+func (m *Metrics) ConfigReload(ok bool) {
+	if ok {
+		m.configReloads.WithLabelValues("success").Inc()
+	} else {
+		m.configReloads.WithLabelValues("failure").Inc()
+	}
+}
+
+// CountReset counts a backend reset for reuse by its result.
+func (m *Metrics) CountReset(ok bool) {
 	if ok {
 		m.resetOK.Inc()
 	} else {
@@ -154,9 +222,9 @@ func (m *Metrics) countReset(ok bool) {
 	}
 }
 
-// countPrepared counts a transaction-mode prepared statement use: hit
+// CountPrepared counts a transaction-mode prepared statement use: hit
 // (already prepared on the serving backend) or miss.
-func (m *Metrics) countPrepared(hit bool) {
+func (m *Metrics) CountPrepared(hit bool) {
 	if hit {
 		m.preparedHit.Inc()
 	} else {
@@ -164,28 +232,30 @@ func (m *Metrics) countPrepared(hit bool) {
 	}
 }
 
-// registerRuntime adds the Go runtime and process collectors to reg.
-func registerRuntime(reg prometheus.Registerer) {
+// RegisterRuntime adds the Go runtime and process collectors to reg.
+func RegisterRuntime(reg prometheus.Registerer) {
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 }
 
-// tenantMetrics are one tenant's collectors, looked up once per session so
-// the forwarding path touches no map.
-type tenantMetrics struct {
-	connections  prometheus.Gauge
-	c2s, s2c     prometheus.Counter
-	transactions prometheus.Counter
-	dropped      prometheus.Counter // notifications kept from the client
+// Tenant holds one tenant's collectors, looked up once per session so the
+// forwarding path touches no map.
+type Tenant struct {
+	Connections  prometheus.Gauge   // sessions forwarding
+	C2S, S2C     prometheus.Counter // bytes by direction
+	Transactions prometheus.Counter // transaction-mode transactions
+	Dropped      prometheus.Counter // notifications kept from the client
 }
 
-func (m *Metrics) forTenant(slug string) tenantMetrics {
+// ForTenant returns the collectors of the tenant with this slug (those of
+// tenant="other" past the label cap).
+func (m *Metrics) ForTenant(slug string) Tenant {
 	label := m.tenants.label(slug)
-	return tenantMetrics{
-		connections:  m.clientConnections.WithLabelValues(label),
-		c2s:          m.bytes.WithLabelValues(label, dirClientToServer),
-		s2c:          m.bytes.WithLabelValues(label, dirServerToClient),
-		transactions: m.transactions.WithLabelValues(label),
-		dropped:      m.notificationsDropped.WithLabelValues(label),
+	return Tenant{
+		Connections:  m.clientConnections.WithLabelValues(label),
+		C2S:          m.bytes.WithLabelValues(label, dirClientToServer),
+		S2C:          m.bytes.WithLabelValues(label, dirServerToClient),
+		Transactions: m.transactions.WithLabelValues(label),
+		Dropped:      m.notificationsDropped.WithLabelValues(label),
 	}
 }
 

@@ -1,11 +1,9 @@
-package proxy
+package startup
 
 import (
 	"encoding/binary"
 	"errors"
-	"fmt"
 	"io"
-	"net"
 	"strings"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -19,34 +17,36 @@ const (
 	protocolV3        = 3 << 16
 )
 
-// packetKind classifies a startup-phase packet.
-type packetKind int
+// PacketKind classifies a startup-phase packet.
+type PacketKind int
 
+// The kinds of startup-phase packets.
 const (
-	packetStartup packetKind = iota + 1
-	packetSSLRequest
-	packetGSSENCRequest
-	packetCancel
+	PacketStartup PacketKind = iota + 1
+	PacketSSLRequest
+	PacketGSSENCRequest
+	PacketCancel
 )
 
-// startupPacket is one packet of the startup phase, read by readStartupPacket.
-type startupPacket struct {
-	kind packetKind
-	// For packetStartup: the parsed message (protocol version forced to 3.0),
-	// the minor version the client asked for and the protocol options
-	// (_pq_.*) the proxy does not know.
-	startup      *pgproto3.StartupMessage
-	minor        uint32
-	unknownProto []string
-	// For packetCancel.
-	cancel *pgproto3.CancelRequest
+// Packet is one packet of the startup phase, read by ReadPacket.
+type Packet struct {
+	Kind PacketKind
+	// For PacketStartup: the parsed message (protocol version forced to
+	// 3.0), the minor version the client asked for and the protocol options
+	// (_pq_.*) the proxy does not know, which it names in a
+	// NegotiateProtocolVersion.
+	Startup        *pgproto3.StartupMessage
+	Minor          uint32
+	UnknownOptions []string
+	// For PacketCancel.
+	Cancel *pgproto3.CancelRequest
 }
 
-// readStartupPacket reads exactly one startup-phase packet from r: a 4-byte
+// ReadPacket reads exactly one startup-phase packet from r: a 4-byte
 // length, then exactly that many bytes. It never reads past the packet, so
 // whatever the client pipelined after it stays unread. max bounds the
-// packet's length.
-func readStartupPacket(r io.Reader, max int) (*startupPacket, error) {
+// packet's length. A packet the proxy refuses is an *Error.
+func ReadPacket(r io.Reader, max int) (*Packet, error) {
 	var hdr [4]byte
 	if _, err := io.ReadFull(r, hdr[:]); err != nil {
 		return nil, err
@@ -62,12 +62,12 @@ func readStartupPacket(r io.Reader, max int) (*startupPacket, error) {
 		}
 		return nil, err
 	}
-	return parseStartupPacket(body)
+	return parsePacket(body)
 }
 
-// parseStartupPacket decodes the body of a startup-phase packet (everything
+// parsePacket decodes the body of a startup-phase packet (everything
 // after the length).
-func parseStartupPacket(body []byte) (*startupPacket, error) {
+func parsePacket(body []byte) (*Packet, error) {
 	if len(body) < 4 {
 		return nil, protocolError("invalid length of startup packet")
 	}
@@ -77,12 +77,12 @@ func parseStartupPacket(body []byte) (*startupPacket, error) {
 		if len(body) != 4 {
 			return nil, protocolError("invalid length of SSLRequest")
 		}
-		return &startupPacket{kind: packetSSLRequest}, nil
+		return &Packet{Kind: PacketSSLRequest}, nil
 	case gssEncRequestCode:
 		if len(body) != 4 {
 			return nil, protocolError("invalid length of GSSENCRequest")
 		}
-		return &startupPacket{kind: packetGSSENCRequest}, nil
+		return &Packet{Kind: PacketGSSENCRequest}, nil
 	case cancelRequestCode:
 		// Protocol 3.0 keys are 4 bytes; ours always are.
 		if len(body) != 12 {
@@ -92,12 +92,12 @@ func parseStartupPacket(body []byte) (*startupPacket, error) {
 		if err := c.Decode(body); err != nil {
 			return nil, protocolError("invalid CancelRequest")
 		}
-		return &startupPacket{kind: packetCancel, cancel: &c}, nil
+		return &Packet{Kind: PacketCancel, Cancel: &c}, nil
 	}
 	major, minor := code>>16, code&0xffff
 	if major != 3 {
 		if major < 3 && major > 0 {
-			return nil, newClientError(reasonUnsupported, codeFeatureNotSupported, nil,
+			return nil, refuse(ReasonUnsupported, codeFeatureNotSupported,
 				"unsupported frontend protocol %d.%d: the proxy supports protocol 3.0", major, minor)
 		}
 		return nil, protocolError("invalid startup packet: unknown request code %d", code)
@@ -111,10 +111,10 @@ func parseStartupPacket(body []byte) (*startupPacket, error) {
 	if err := m.Decode(b); err != nil {
 		return nil, protocolError("invalid startup packet layout")
 	}
-	p := &startupPacket{kind: packetStartup, startup: &m, minor: minor}
+	p := &Packet{Kind: PacketStartup, Startup: &m, Minor: minor}
 	for k := range m.Parameters {
 		if strings.HasPrefix(k, "_pq_.") {
-			p.unknownProto = append(p.unknownProto, k)
+			p.UnknownOptions = append(p.UnknownOptions, k)
 			delete(m.Parameters, k)
 		}
 	}
@@ -161,35 +161,35 @@ var refusedParams = map[string]bool{
 	"is_superuser":          true,
 }
 
-// startupParams is what the proxy takes from a StartupMessage.
-type startupParams struct {
-	user     string
-	database string
-	// runtime are the allow-listed settings, keyed as the client spelled
+// Params is what the proxy takes from a StartupMessage.
+type Params struct {
+	User     string
+	Database string
+	// Runtime are the allow-listed settings, keyed as the client spelled
 	// them, forwarded upstream.
-	runtime map[string]string
-	// dropped are parameters neither allowed nor refused, for a debug log.
-	dropped []string
+	Runtime map[string]string
+	// Dropped are parameters neither allowed nor refused, for a debug log.
+	Dropped []string
 }
 
-// filterStartupParams applies the allow-list to a client's startup
-// parameters.
-func filterStartupParams(params map[string]string) (*startupParams, error) {
-	sp := &startupParams{runtime: make(map[string]string, len(params))}
+// FilterParams applies the allow-list to a client's startup parameters. A
+// parameter the proxy refuses is an *Error.
+func FilterParams(params map[string]string) (*Params, error) {
+	sp := &Params{Runtime: make(map[string]string, len(params))}
 	for k, v := range params {
 		switch k {
 		case "user":
-			sp.user = v
+			sp.User = v
 			continue
 		case "database":
-			sp.database = v
+			sp.Database = v
 			continue
 		case "replication":
 			switch strings.ToLower(v) {
 			case "", "false", "off", "no", "0":
 				continue
 			}
-			return nil, newClientError(reasonUnsupported, codeFeatureNotSupported, nil,
+			return nil, refuse(ReasonUnsupported, codeFeatureNotSupported,
 				"replication connections are not supported by the proxy")
 		case "options":
 			settings, err := parseOptions(v)
@@ -200,22 +200,22 @@ func filterStartupParams(params map[string]string) (*startupParams, error) {
 				if err := checkSetting(s[0]); err != nil {
 					return nil, err
 				}
-				sp.runtime[s[0]] = s[1]
+				sp.Runtime[s[0]] = s[1]
 			}
 			continue
 		}
 		name := strings.ToLower(k)
 		switch {
 		case allowedParams[name]:
-			sp.runtime[k] = v
+			sp.Runtime[k] = v
 		case refusedParams[name] || strings.Contains(name, "."):
 			return nil, refusedSetting(k)
 		default:
-			sp.dropped = append(sp.dropped, k)
+			sp.Dropped = append(sp.Dropped, k)
 		}
 	}
-	if sp.user == "" {
-		return nil, newClientError(reasonParamRefused, codeInvalidAuthSpec, nil,
+	if sp.User == "" {
+		return nil, refuse(ReasonParamRefused, codeInvalidAuthSpec,
 			"no PostgreSQL user name specified in startup packet")
 	}
 	return sp, nil
@@ -229,8 +229,8 @@ func checkSetting(name string) error {
 	return refusedSetting(name)
 }
 
-func refusedSetting(name string) *clientError {
-	return newClientError(reasonParamRefused, codeInsufficientPriv, nil,
+func refusedSetting(name string) *Error {
+	return refuse(ReasonParamRefused, codeInsufficientPriv,
 		"startup setting %q is not allowed through the proxy", name)
 }
 
@@ -269,7 +269,7 @@ func parseOptions(s string) ([][2]string, error) {
 		switch {
 		case t == "-c":
 			if i+1 >= len(toks) {
-				return nil, newClientError(reasonParamRefused, codeProtocolViolation, nil, "startup options: -c needs name=value")
+				return nil, refuse(ReasonParamRefused, codeProtocolViolation, "startup options: -c needs name=value")
 			}
 			i++
 			setting = toks[i]
@@ -281,77 +281,15 @@ func parseOptions(s string) ([][2]string, error) {
 				setting = strings.ReplaceAll(t[2:2+eq], "-", "_") + t[2+eq:]
 			}
 		default:
-			return nil, newClientError(reasonParamRefused, codeInsufficientPriv, nil,
+			return nil, refuse(ReasonParamRefused, codeInsufficientPriv,
 				"startup option %q is not allowed through the proxy", t)
 		}
 		name, value, ok := strings.Cut(setting, "=")
 		if !ok || name == "" {
-			return nil, newClientError(reasonParamRefused, codeProtocolViolation, nil,
+			return nil, refuse(ReasonParamRefused, codeProtocolViolation,
 				"startup options: %q is not name=value", setting)
 		}
 		out = append(out, [2]string{name, value})
 	}
 	return out, nil
 }
-
-// clientWire is the client connection during authentication (auth.Wire). It
-// reads each message with exact-length reads from the socket: nothing past
-// the message is consumed. Not safe for concurrent use.
-type clientWire struct {
-	conn   net.Conn
-	maxLen int
-	buf    []byte
-	held   int // leading bytes of buf that Hold encoded and no write sent yet
-}
-
-// Send encodes msgs and writes them, after any held messages, in one write.
-func (w *clientWire) Send(msgs ...pgproto3.BackendMessage) error {
-	if err := w.Hold(msgs...); err != nil {
-		return err
-	}
-	b := w.buf[:w.held]
-	w.held = 0
-	_, err := w.conn.Write(b)
-	return err
-}
-
-// Hold encodes msgs to be written with the next Send (see auth.Wire).
-func (w *clientWire) Hold(msgs ...pgproto3.BackendMessage) error {
-	b := w.buf[:w.held]
-	for _, m := range msgs {
-		var err error
-		if b, err = m.Encode(b); err != nil {
-			return fmt.Errorf("encode %T: %w", m, err)
-		}
-	}
-	w.buf, w.held = b, len(b)
-	return nil
-}
-
-// ReceivePassword returns the body of the next message, which must be a
-// password-type ('p') message: PasswordMessage, SASLInitialResponse or
-// SASLResponse. The caller owns the returned slice.
-func (w *clientWire) ReceivePassword() ([]byte, error) {
-	var hdr [5]byte
-	if _, err := io.ReadFull(w.conn, hdr[:]); err != nil {
-		return nil, err
-	}
-	n := int64(int32(binary.BigEndian.Uint32(hdr[1:])))
-	if hdr[0] == 'X' && n == 4 {
-		return nil, errClientTerminated
-	}
-	if hdr[0] != 'p' {
-		return nil, protocolError("expected a password message during authentication, got message type %q", hdr[0])
-	}
-	if n < 4 || n-4 > int64(w.maxLen) {
-		return nil, protocolError("invalid message length during authentication")
-	}
-	body := make([]byte, n-4)
-	if _, err := io.ReadFull(w.conn, body); err != nil {
-		return nil, err
-	}
-	return body, nil
-}
-
-// errClientTerminated means the client sent Terminate during authentication.
-var errClientTerminated = errors.New("client sent Terminate during authentication")

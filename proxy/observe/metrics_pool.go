@@ -1,4 +1,4 @@
-package proxy
+package observe
 
 import (
 	"sort"
@@ -10,10 +10,11 @@ import (
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
-// observeWait records how long a client waited for a server connection.
-// Every queued Acquire calls it, so each label's observer is looked up
-// once and kept (there are at most the tenant label cap of them).
-func (m *Metrics) observeWait(tenant string, waited time.Duration, _ bool) {
+// ObserveWait records how long a client waited for a server connection
+// (pool.Config.OnWait). Every queued Acquire calls it, so each label's
+// observer is looked up once and kept (there are at most the tenant label
+// cap of them).
+func (m *Metrics) ObserveWait(tenant string, waited time.Duration, _ bool) {
 	label := m.tenants.label(tenant)
 	o, ok := m.waitObservers.Load(label)
 	if !ok {
@@ -22,9 +23,9 @@ func (m *Metrics) observeWait(tenant string, waited time.Duration, _ bool) {
 	o.(prometheus.Observer).Observe(waited.Seconds())
 }
 
-// watchPool registers a collector that reads the pool's state at scrape
-// time.
-func (m *Metrics) watchPool(reg prometheus.Registerer, p *pool.Pool, d func() *upstream.Dialer) {
+// WatchPool registers on reg a collector that reads the pool's state, and
+// the SCRAM key cache of the dialer d returns, at scrape time.
+func (m *Metrics) WatchPool(reg prometheus.Registerer, p *pool.Pool, d func() *upstream.Dialer) {
 	reg.MustRegister(&poolCollector{pool: p, labels: m.tenants, dialer: d})
 }
 

@@ -1,11 +1,11 @@
-package proxy
+package observe
 
 import (
 	"context"
 	"errors"
 	"fmt"
+	"log/slog"
 	"strings"
-	"sync"
 	"time"
 
 	"github.com/jackc/pgx/v5/pgproto3"
@@ -13,7 +13,7 @@ import (
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/auth/tenantroles"
-	"github.com/vitalproxy/vitalproxy/config"
+	"github.com/vitalproxy/vitalproxy/proxy/backend"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 )
 
@@ -78,40 +78,44 @@ var errIsolation = errors.New("isolation violated")
 // errProbeNotConfigured means the probe tenants are not in the directory.
 var errProbeNotConfigured = errors.New("the probe tenants do not exist")
 
-// prober runs the live isolation probe of one server. Its methods are
-// called from one goroutine.
-type prober struct {
-	s        *Server
-	m        *probeMetrics
-	interval time.Duration
+// ProbeConfig is what the probe needs of the server.
+type ProbeConfig struct {
+	// Interval between runs (DefaultProbeInterval when not positive).
+	Interval time.Duration
+	// Pool lends the probe its backends, as it does to client sessions.
+	Pool *pool.Pool
+	// Directory returns the current users and tenants.
+	Directory func() *auth.Directory
+	// RolePrefix returns the current prefix of tenant role names.
+	RolePrefix func() string
+	Logger     *slog.Logger
+}
+
+// Prober runs the live isolation probe of one server. Build it with
+// NewProber; Run belongs to one goroutine.
+type Prober struct {
+	cfg ProbeConfig
+	m   *probeMetrics
 	// last is the previous run's result, so that a state that persists is
 	// logged once (not_configured) or its end is logged (recovery).
 	last string
 }
 
-// startProbe starts the live isolation probe in the background when cfg
-// enables it; it stops when ctx is done, and wg waits for it.
-func (s *Server) startProbe(ctx context.Context, wg *sync.WaitGroup, cfg config.Probe) {
-	if !cfg.Enabled {
-		return
+// NewProber registers the probe's collectors on reg and returns the
+// prober; it does no I/O.
+func NewProber(reg prometheus.Registerer, cfg ProbeConfig) *Prober {
+	if cfg.Interval <= 0 {
+		cfg.Interval = DefaultProbeInterval
 	}
-	interval := cfg.Interval
-	if interval <= 0 {
-		interval = DefaultProbeInterval
-	}
-	p := &prober{s: s, m: newProbeMetrics(s.registry), interval: interval}
-	s.logger.Info("isolation probe enabled", "interval", interval.String(),
-		"tenants", strings.Join(tenantroles.ProbeTenants(), ","))
-	wg.Add(1)
-	go func() {
-		defer wg.Done()
-		p.loop(ctx)
-	}()
+	return &Prober{cfg: cfg, m: newProbeMetrics(reg)}
 }
 
-// loop probes once at once, then every interval, until ctx is done.
-func (p *prober) loop(ctx context.Context) {
-	t := time.NewTicker(p.interval)
+// Interval returns the time between runs.
+func (p *Prober) Interval() time.Duration { return p.cfg.Interval }
+
+// Run probes at once, then every interval, until ctx is done.
+func (p *Prober) Run(ctx context.Context) {
+	t := time.NewTicker(p.cfg.Interval)
 	defer t.Stop()
 	for {
 		p.runOnce(ctx)
@@ -124,10 +128,10 @@ func (p *prober) loop(ctx context.Context) {
 }
 
 // runOnce probes both tenants, exports the result and logs what changed.
-func (p *prober) runOnce(ctx context.Context) {
+func (p *Prober) runOnce(ctx context.Context) {
 	rctx, cancel := context.WithTimeout(ctx, probeTimeout)
 	defer cancel()
-	err := p.s.probe(rctx)
+	err := p.probe(rctx)
 	if ctx.Err() != nil {
 		// Shutting down: a run cut short proves nothing either way.
 		return
@@ -147,7 +151,7 @@ func (p *prober) runOnce(ctx context.Context) {
 		p.m.success.Set(1)
 		p.m.lastSuccess.Set(float64(time.Now().UnixNano()) / 1e9)
 		if p.last != "" && p.last != probeSuccess {
-			p.s.logger.Info("isolation probe passes again")
+			p.cfg.Logger.Info("isolation probe passes again")
 		}
 		p.last = result
 		return
@@ -157,18 +161,18 @@ func (p *prober) runOnce(ctx context.Context) {
 	case result == probeNotConfigured && p.last == probeNotConfigured:
 		// Logged once.
 	case result == probeNotConfigured:
-		p.s.logger.Warn("isolation probe not configured: create the probe tenants with `vitalproxy tenant sync --probe`", "error", err)
+		p.cfg.Logger.Warn("isolation probe not configured: create the probe tenants with `vitalproxy tenant sync --probe`", "error", err)
 	case result == probeFailure:
-		p.s.logger.Warn("isolation probe failed: tenant isolation does not hold", "error", err)
+		p.cfg.Logger.Warn("isolation probe failed: tenant isolation does not hold", "error", err)
 	default:
-		p.s.logger.Warn("isolation probe could not run", "error", err)
+		p.cfg.Logger.Warn("isolation probe could not run", "error", err)
 	}
 	p.last = result
 }
 
 // probe checks each probe tenant against the other through the pool.
-func (s *Server) probe(ctx context.Context) error {
-	dir := s.directory()
+func (p *Prober) probe(ctx context.Context) error {
+	dir := p.cfg.Directory()
 	slugs := tenantroles.ProbeTenants()
 	var tenants []auth.Tenant
 	var missing []string
@@ -183,12 +187,12 @@ func (s *Server) probe(ctx context.Context) error {
 	if len(missing) > 0 {
 		return fmt.Errorf("%w: %s", errProbeNotConfigured, strings.Join(missing, ", "))
 	}
-	prefix := s.rt.Load().cfg.RolePrefix
+	prefix := p.cfg.RolePrefix()
 	for i, self := range tenants {
 		if !self.Active() {
 			return fmt.Errorf("probe tenant %s is %s: its roles cannot log in", self.Slug, self.Status)
 		}
-		if err := s.probeTenant(ctx, prefix, self, tenants[1-i]); err != nil {
+		if err := p.probeTenant(ctx, prefix, self, tenants[1-i]); err != nil {
 			return fmt.Errorf("probe tenant %s: %w", self.Slug, err)
 		}
 	}
@@ -203,14 +207,14 @@ const probeQuery = `SELECT public.current_tenant_id()::text;` +
 
 // probeTenant borrows a backend of self's read-only role from the pool, the
 // way a client session of self would get one, and checks what it sees.
-func (s *Server) probeTenant(ctx context.Context, prefix string, self, other auth.Tenant) error {
+func (p *Prober) probeTenant(ctx context.Context, prefix string, self, other auth.Tenant) error {
 	key := pool.Key{Tenant: self.Slug, TenantID: self.ID, Role: auth.RoleName(prefix, self.Slug, auth.ReadOnly)}
-	b, err := s.pool.Acquire(ctx, key)
+	b, err := p.cfg.Pool.Acquire(ctx, key)
 	if err != nil {
 		return fmt.Errorf("get a server connection as %s: %w", key.Role, err)
 	}
 	reusable := false
-	defer func() { s.pool.Release(b, reusable) }()
+	defer func() { p.cfg.Pool.Release(b, reusable) }()
 
 	buf, _ := (&pgproto3.Query{String: probeQuery}).Encode(nil)
 	var (
@@ -218,7 +222,7 @@ func (s *Server) probeTenant(ctx context.Context, prefix string, self, other aut
 		canaries      [][2]string // name, tenant id
 		done          int         // CommandCompletes seen: which statement rows belong to
 	)
-	err = roundTrip(ctx, b.Conn, buf, 1, func(typ byte, body []byte) error {
+	err = backend.RoundTrip(ctx, b.Conn, buf, 1, func(typ byte, body []byte) error {
 		switch typ {
 		case 'C':
 			done++

@@ -1,4 +1,4 @@
-package proxy
+package sessionmode
 
 import (
 	"encoding/binary"
