@@ -49,10 +49,11 @@ type Config struct {
 	// default of upstream.admin_url. Flag --database-url.
 	DatabaseURL Secret `mapstructure:"database_url"`
 	// Listen is the TCP address the proxy accepts clients on. Flag
-	// --listen.
+	// --listen. Read at start.
 	Listen string `mapstructure:"listen"`
 	// ListenSocketDir is a directory where the proxy also accepts clients,
-	// on the Unix socket `.s.PGSQL.<port>`; empty means none.
+	// on the Unix socket `.s.PGSQL.<port>`; empty means none. Read at
+	// start.
 	ListenSocketDir string `mapstructure:"listen_socket_dir"`
 
 	Upstream Upstream `mapstructure:"upstream"`
@@ -93,7 +94,8 @@ type Upstream struct {
 	// from the tenant role). Flag --upstream-url.
 	URL string `mapstructure:"url"`
 	// AdminURL is used for the user store, the tenant list, the audits and
-	// readiness; never for tenant traffic. Empty means database_url.
+	// readiness; never for tenant traffic. Empty means database_url. Read
+	// at start.
 	AdminURL Secret `mapstructure:"admin_url"`
 	// ConnectTimeout bounds one upstream login.
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
@@ -125,7 +127,7 @@ type Auth struct {
 // Metrics configures the HTTP endpoint with /metrics, /healthz and /readyz.
 type Metrics struct {
 	// Listen is the address of /metrics, /healthz and /readyz; empty turns
-	// the endpoint off. Flag --metrics-listen.
+	// the endpoint off. Flag --metrics-listen. Read at start.
 	Listen string `mapstructure:"listen"`
 	// TenantLabelCap bounds the distinct values of the tenant label of
 	// metrics; later tenants are reported as `tenant="other"`. Read at
