@@ -338,7 +338,7 @@ func TestQueueTimeoutsShareOneTimer(t *testing.T) {
 	// The pool still serves after the timeouts: the released backend
 	// reaches the next client.
 	p.Release(held, true)
-	held = acquire(t, p, e.dh)
+	p.Release(acquire(t, p, e.dh), true)
 }
 
 // TestCancelledWaitLeavesTheQueue checks that a waiter whose context ends
