@@ -7,6 +7,7 @@ import (
 	"errors"
 	"fmt"
 	"math/rand/v2"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -25,6 +26,9 @@ type txState struct {
 	// verifiers can be compared (superuser) or must be re-set blindly.
 	version       int
 	canReadAuthid bool
+	// pooled: the database has the tables and group of context mode
+	// (migration 20251026000006).
+	pooled bool
 }
 
 // maxAttempts bounds retries of a transaction that lost a race on the
@@ -157,7 +161,53 @@ func (s *txState) checkReady(ctx context.Context) error {
 			return errorf(ErrNotMigrated, "group role %s does not exist: run `vitalproxy migrate up` first", g)
 		}
 	}
+	err = s.tx.QueryRow(ctx, `SELECT to_regclass('vital.pooled_roles') IS NOT NULL AND to_regclass('vital.context_key') IS NOT NULL
+		AND EXISTS (SELECT 1 FROM pg_roles WHERE rolname = $1)`, GroupSession).Scan(&s.pooled)
+	if err != nil {
+		return fmt.Errorf("check context mode tables: %w", err)
+	}
 	return nil
+}
+
+// reconcilePooled brings the pooled roles of context mode to their wanted
+// state, records them in vital.pooled_roles and stores the context key.
+// allRoles names every tenant and pooled role.
+func (s *txState) reconcilePooled(ctx context.Context, allRoles map[string]bool) ([]string, error) {
+	var changes []string
+	want := s.m.pooledRoles()
+	for _, w := range want {
+		c, err := s.reconcileRole(ctx, tenantRow{}, w, true, allRoles)
+		if err != nil {
+			return nil, err
+		}
+		changes = append(changes, c...)
+	}
+	names := []string{want[0].name, want[1].name}
+	tag, err := s.tx.Exec(ctx, `DELETE FROM vital.pooled_roles WHERE role_name::text <> ALL ($1)`, names)
+	if err != nil {
+		return nil, fmt.Errorf("remove stale pooled roles: %w", err)
+	}
+	if tag.RowsAffected() > 0 {
+		changes = append(changes, fmt.Sprintf("removed %d stale vital.pooled_roles row(s)", tag.RowsAffected()))
+	}
+	ikey, okey := auth.ContextKeyPads(auth.ContextKey(s.m.secret))
+	var same bool
+	err = s.tx.QueryRow(ctx, `SELECT ikey = $1 AND okey = $2 FROM vital.context_key`, ikey, okey).Scan(&same)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if _, err := s.tx.Exec(ctx, `INSERT INTO vital.context_key (ikey, okey) VALUES ($1, $2)`, ikey, okey); err != nil {
+			return nil, fmt.Errorf("store the tenant context key: %w", err)
+		}
+		changes = append(changes, "stored the tenant context key")
+	case err != nil:
+		return nil, fmt.Errorf("read the tenant context key: %w", err)
+	case !same:
+		if _, err := s.tx.Exec(ctx, `UPDATE vital.context_key SET ikey = $1, okey = $2, updated_at = now()`, ikey, okey); err != nil {
+			return nil, fmt.Errorf("store the tenant context key: %w", err)
+		}
+		changes = append(changes, "replaced the tenant context key (the role secret changed)")
+	}
+	return changes, nil
 }
 
 // roleState is a role's row of pg_roles.
@@ -191,6 +241,7 @@ func (s *txState) reconcile(ctx context.Context, t tenantRow, tenantRoles map[st
 	login := loginAllowed(t.Status)
 	var changes []string
 	for _, w := range s.m.wantRoles(t.Slug, t.Type) {
+		w.session = s.pooled
 		c, err := s.reconcileRole(ctx, t, w, login, tenantRoles)
 		if err != nil {
 			return nil, err
@@ -217,7 +268,10 @@ func (s *txState) reconcileRole(ctx context.Context, t tenantRow, w roleSpec, lo
 		if created, err = s.createRole(ctx, w.name, login, password); err != nil {
 			return nil, err
 		}
-		if created {
+		switch {
+		case created && w.pooled:
+			changes = append(changes, fmt.Sprintf("created pooled role %s (%s, shared by the tenants in context mode)", w.name, w.cap))
+		case created:
 			changes = append(changes, fmt.Sprintf("created role %s (tenant %s, %s)", w.name, t.Slug, w.cap))
 		}
 		if st, found, err = s.roleState(ctx, w.name); err != nil {
@@ -301,6 +355,11 @@ func (s *txState) reconcileRole(ctx context.Context, t tenantRow, w roleSpec, lo
 		changes = append(changes, c...)
 	}
 
+	if w.pooled {
+		c, err := s.recordPooled(ctx, w)
+		return append(changes, c...), err
+	}
+
 	// Mapping row.
 	var tid, capability string
 	err = s.tx.QueryRow(ctx, `SELECT tenant_id::text, capability::text FROM vital.tenant_roles WHERE role_name = $1`, w.name).
@@ -324,6 +383,27 @@ func (s *txState) reconcileRole(ctx context.Context, t tenantRow, w roleSpec, lo
 		note("repaired vital.tenant_roles row (was tenant %s, %s)", tid, capability)
 	}
 	return changes, nil
+}
+
+// recordPooled makes vital.pooled_roles name w for its capability.
+func (s *txState) recordPooled(ctx context.Context, w roleSpec) ([]string, error) {
+	var name string
+	err := s.tx.QueryRow(ctx, `SELECT role_name::text FROM vital.pooled_roles WHERE capability = $1`, string(w.cap)).Scan(&name)
+	switch {
+	case errors.Is(err, pgx.ErrNoRows):
+		if _, err := s.tx.Exec(ctx, `INSERT INTO vital.pooled_roles (role_name, capability) VALUES ($1, $2)`, w.name, string(w.cap)); err != nil {
+			return nil, fmt.Errorf("record pooled role %s: %w", w.name, err)
+		}
+		return []string{fmt.Sprintf("role %s: recorded as the pooled %s role", w.name, w.cap)}, nil
+	case err != nil:
+		return nil, fmt.Errorf("read pooled roles: %w", err)
+	case name != w.name:
+		if _, err := s.tx.Exec(ctx, `UPDATE vital.pooled_roles SET role_name = $1 WHERE capability = $2`, w.name, string(w.cap)); err != nil {
+			return nil, fmt.Errorf("record pooled role %s: %w", w.name, err)
+		}
+		return []string{fmt.Sprintf("role %s: recorded as the pooled %s role (was %s)", w.name, w.cap, name)}, nil
+	}
+	return nil, nil
 }
 
 // createRole creates a login role with safe attributes and its password
@@ -469,23 +549,24 @@ func (s *txState) fixMemberships(ctx context.Context, w roleSpec, oid uint32, cr
 		return nil, fmt.Errorf("role %s: %w", w.name, err)
 	}
 	var changes []string
-	inGroup := false
+	groups := w.groups()
+	inGroup := map[string]bool{}
 	for _, m := range ms {
 		var stmt, what string
 		switch {
-		case m.role != w.group:
+		case !slices.Contains(groups, m.role):
 			stmt = "REVOKE " + quoteIdent(m.role) + " FROM " + ident + s.grantedBy(m)
 			what = "revoked membership in " + m.role
 		case m.admin:
 			stmt = "REVOKE ADMIN OPTION FOR " + quoteIdent(m.role) + " FROM " + ident + s.grantedBy(m)
 			what = "revoked ADMIN OPTION on " + m.role
-			inGroup = inGroup || m.inherit
+			inGroup[m.role] = inGroup[m.role] || m.inherit
 		case !m.inherit:
 			stmt = "GRANT " + quoteIdent(m.role) + " TO " + ident + " WITH INHERIT TRUE" + s.grantedBy(m)
 			what = "made membership in " + m.role + " inherit"
-			inGroup = true
+			inGroup[m.role] = true
 		default:
-			inGroup = true
+			inGroup[m.role] = true
 			continue
 		}
 		if _, err := s.tx.Exec(ctx, stmt); err != nil {
@@ -493,12 +574,15 @@ func (s *txState) fixMemberships(ctx context.Context, w roleSpec, oid uint32, cr
 		}
 		changes = append(changes, fmt.Sprintf("role %s: %s", w.name, what))
 	}
-	if !inGroup {
-		if _, err := s.tx.Exec(ctx, "GRANT "+quoteIdent(w.group)+" TO "+ident); err != nil {
-			return nil, fmt.Errorf("grant %s to %s: %w", w.group, w.name, err)
+	for _, g := range groups {
+		if inGroup[g] {
+			continue
+		}
+		if _, err := s.tx.Exec(ctx, "GRANT "+quoteIdent(g)+" TO "+ident); err != nil {
+			return nil, fmt.Errorf("grant %s to %s: %w", g, w.name, err)
 		}
 		if !created {
-			changes = append(changes, fmt.Sprintf("role %s: granted membership in %s", w.name, w.group))
+			changes = append(changes, fmt.Sprintf("role %s: granted membership in %s", w.name, g))
 		}
 	}
 	// Verify: a grant made by a role the connection cannot speak for may
@@ -508,7 +592,7 @@ func (s *txState) fixMemberships(ctx context.Context, w roleSpec, oid uint32, cr
 		return nil, fmt.Errorf("role %s: %w", w.name, err)
 	}
 	for _, m := range ms {
-		if m.role != w.group || m.admin {
+		if !slices.Contains(groups, m.role) || m.admin {
 			return nil, fmt.Errorf("role %s is still a member of %s after the repair (a grant the administrative user cannot revoke); revoke it as a superuser", w.name, m.role)
 		}
 	}
@@ -518,7 +602,7 @@ func (s *txState) fixMemberships(ctx context.Context, w roleSpec, oid uint32, cr
 // revokeMembers revokes membership in role from tenant roles and the
 // tenant group roles.
 func (s *txState) revokeMembers(ctx context.Context, role string, oid uint32, tenantRoles map[string]bool) ([]string, error) {
-	names := []string{GroupReader, GroupWriter}
+	names := []string{GroupReader, GroupWriter, GroupSession}
 	for r := range tenantRoles {
 		names = append(names, r)
 	}

@@ -88,6 +88,10 @@ func loginAllowed(status string) bool { return status == StatusActive || status 
 const (
 	GroupReader = "vital_tenant"
 	GroupWriter = "vital_tenant_writer"
+	// GroupSession is the group of tenant roles (never the pooled roles)
+	// that keeps what is only safe on a backend of one tenant: signalling
+	// its own backends, reading its session's prepared statements.
+	GroupSession = "vital_tenant_session"
 )
 
 // DefaultPrefix is used when Options.Prefix is empty.
@@ -208,11 +212,34 @@ func (m *Manager) checkSecret(what string) error {
 	return nil
 }
 
-// roleSpec is one login role a tenant should have.
+// roleSpec is one login role a tenant (or, pooled, context mode) should
+// have.
 type roleSpec struct {
 	name  string
 	cap   auth.Capability
 	group string
+	// session: also a member of GroupSession (tenant roles, when the
+	// database has it).
+	session bool
+	// pooled: a pooled role of context mode, recorded in
+	// vital.pooled_roles instead of vital.tenant_roles.
+	pooled bool
+}
+
+// groups are the roles w must be a member of, exactly.
+func (w roleSpec) groups() []string {
+	if w.session {
+		return []string{w.group, GroupSession}
+	}
+	return []string{w.group}
+}
+
+// pooledRoles are the login roles backends shared by many tenants use.
+func (m *Manager) pooledRoles() []roleSpec {
+	return []roleSpec{
+		{name: auth.PooledRoleName(m.prefix, auth.ReadWrite), cap: auth.ReadWrite, group: GroupWriter, pooled: true},
+		{name: auth.PooledRoleName(m.prefix, auth.ReadOnly), cap: auth.ReadOnly, group: GroupReader, pooled: true},
+	}
 }
 
 // wantRoles lists the login roles tenant t should have.
@@ -613,6 +640,11 @@ func (m *Manager) Sync(ctx context.Context) (SyncReport, error) {
 		for _, r := range mapped {
 			all[r] = true
 		}
+		if s.pooled {
+			for _, w := range m.pooledRoles() {
+				all[w.name] = true
+			}
+		}
 		for _, t := range tenants {
 			c, err := s.reconcile(ctx, t, all)
 			if err != nil {
@@ -633,6 +665,13 @@ func (m *Manager) Sync(ctx context.Context) (SyncReport, error) {
 				return fmt.Errorf("delete stale mapping of %s: %w", r, err)
 			}
 			changes = append(changes, fmt.Sprintf("removed stale vital.tenant_roles row for role %s (the role itself is left in place)", r))
+		}
+		if s.pooled {
+			c, err := s.reconcilePooled(ctx, all)
+			if err != nil {
+				return err
+			}
+			changes = append(changes, c...)
 		}
 		return nil
 	})

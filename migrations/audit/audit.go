@@ -36,13 +36,14 @@ const (
 	// the role prefix) is not SUPERUSER, BYPASSRLS, CREATEROLE, CREATEDB or
 	// REPLICATION, owns no relation, function, schema or the database, is a
 	// member of no role but vital_tenant/vital_tenant_writer (a read-only
-	// role of vital_tenant only), and may CREATE in no schema nor the
-	// database.
+	// role of vital_tenant only) and vital_tenant_session (never a pooled
+	// role), and may CREATE in no schema nor the database.
 	TenantRolesSafe = "tenant_roles_safe"
-	// GroupRolesSafe: vital_owner, vital_tenant, vital_tenant_writer and
-	// vital_operator exist, are NOLOGIN, not SUPERUSER or BYPASSRLS, and
-	// vital_tenant/vital_tenant_writer/vital_operator belong to nothing
-	// beyond each other (and, for vital_operator, pg_read_all_stats).
+	// GroupRolesSafe: vital_owner, vital_tenant, vital_tenant_writer,
+	// vital_operator and vital_tenant_session exist, are NOLOGIN, not
+	// SUPERUSER or BYPASSRLS, and the tenant groups and vital_operator
+	// belong to nothing beyond each other (and, for vital_operator,
+	// pg_read_all_stats and vital_tenant_session).
 	GroupRolesSafe = "group_roles_safe"
 	// TenantTablesRLS: every table with a tenant_id column (and tenants,
 	// user_tenants, user_roles, resource_sharing_audit) has RLS enabled and
@@ -88,18 +89,27 @@ const (
 	// its own; they outlive the proxy's session reset on pooled backends.
 	// `vitalproxy tenant sync` removes them.
 	TenantRoleSettings = "tenant_role_settings"
+	// PooledRolesSafe: the pooled login roles of context mode
+	// (vital.pooled_roles) are not mapped to a tenant in vital.tenant_roles,
+	// and neither PUBLIC nor a pooled role may signal backends
+	// (pg_cancel_backend, pg_terminate_backend) or read the session's
+	// prepared statements (pg_prepared_statements): on a backend that
+	// serves many tenants those reach other tenants. Migration
+	// 20251026000006 revokes them when a superuser runs it.
+	PooledRolesSafe = "pooled_roles_safe"
 )
 
 // maxListed bounds how many offenders a Detail names.
 const maxListed = 10
 
 // Group roles.
-var groupRoles = []string{"vital_owner", "vital_tenant", "vital_tenant_writer", "vital_operator"}
+var groupRoles = []string{"vital_owner", "vital_tenant", "vital_tenant_writer", "vital_operator", "vital_tenant_session"}
 
 // roles are the tenant login roles found in the database.
 type roles struct {
-	all      []string // every tenant role
+	all      []string // every tenant role, pooled roles included
 	readOnly []string // those that must not write
+	pooled   []string // the pooled roles of context mode (vital.pooled_roles)
 }
 
 type checkFunc func(ctx context.Context, conn *pgx.Conn, r roles) ([]string, error)
@@ -133,6 +143,7 @@ func Run(ctx context.Context, conn *pgx.Conn, prefix string) ([]Check, error) {
 		{SharedStatsPrivate, checkSharedStats},
 		{SharedFunctionsRevoked, checkSharedFunctions},
 		{TenantRoleSettings, checkTenantRoleSettings},
+		{PooledRolesSafe, checkPooledRoles},
 	}
 	out := make([]Check, 0, len(checks))
 	for _, c := range checks {
@@ -217,11 +228,24 @@ func tenantRoles(ctx context.Context, conn *pgx.Conn, prefix string) (roles, err
 		        OR EXISTS (SELECT 1 FROM pg_catalog.pg_auth_members m JOIN groups g ON g.oid = m.roleid WHERE m.member = r.oid)
 		        OR ($1 <> '' AND pg_catalog.starts_with(r.rolname, $1)))
 		 ORDER BY 1`
+	var r roles
+	var hasPooled bool
+	if err := conn.QueryRow(ctx, `SELECT pg_catalog.to_regclass('vital.pooled_roles') IS NOT NULL`).Scan(&hasPooled); err != nil {
+		return roles{}, err
+	}
+	if hasPooled {
+		rows, err := conn.Query(ctx, `SELECT role_name::text FROM vital.pooled_roles ORDER BY 1`)
+		if err != nil {
+			return roles{}, err
+		}
+		if r.pooled, err = pgx.CollectRows(rows, pgx.RowTo[string]); err != nil {
+			return roles{}, err
+		}
+	}
 	rows, err := conn.Query(ctx, q, prefix)
 	if err != nil {
 		return roles{}, err
 	}
-	var r roles
 	var name string
 	var ro bool
 	_, err = pgx.ForEachRow(rows, []any{&name, &ro}, func() error {

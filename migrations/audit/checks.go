@@ -51,8 +51,9 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, r roles) ([]string, e
 		UNION ALL
 		SELECT tr.rolname || ': member of ' || g.rolname
 		  FROM up JOIN tr ON tr.oid = up.member JOIN pg_catalog.pg_roles g ON g.oid = up.roleid
-		 WHERE g.rolname NOT IN ('vital_tenant', 'vital_tenant_writer')
+		 WHERE g.rolname NOT IN ('vital_tenant', 'vital_tenant_writer', 'vital_tenant_session')
 		    OR (g.rolname = 'vital_tenant_writer' AND tr.rolname = ANY ($2))
+		    OR (g.rolname = 'vital_tenant_session' AND tr.rolname = ANY ($3))
 		UNION ALL
 		SELECT tr.rolname || ': may CREATE in schema ' || n.nspname
 		  FROM tr CROSS JOIN pg_catalog.pg_namespace n
@@ -61,7 +62,7 @@ func checkTenantRoles(ctx context.Context, conn *pgx.Conn, r roles) ([]string, e
 		UNION ALL
 		SELECT tr.rolname || ': may CREATE in the database'
 		  FROM tr WHERE NOT tr.rolsuper AND has_database_privilege(tr.oid, current_database(), 'CREATE')
-		ORDER BY 1`, r.all, r.readOnly)
+		ORDER BY 1`, r.all, r.readOnly, r.pooled)
 }
 
 func checkGroupRoles(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, error) {
@@ -71,7 +72,7 @@ func checkGroupRoles(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, er
 		      FROM pg_catalog.pg_roles WHERE rolname = ANY ($1)
 		), up(member, roleid) AS (
 		    SELECT m.member, m.roleid FROM pg_catalog.pg_auth_members m JOIN g ON g.oid = m.member
-		     WHERE g.rolname IN ('vital_tenant', 'vital_tenant_writer', 'vital_operator')
+		     WHERE g.rolname IN ('vital_tenant', 'vital_tenant_writer', 'vital_operator', 'vital_tenant_session')
 		    UNION
 		    SELECT up.member, m.roleid FROM up JOIN pg_catalog.pg_auth_members m ON m.member = up.roleid
 		)
@@ -92,7 +93,7 @@ func checkGroupRoles(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, er
 		SELECT m.rolname || ': member of ' || r.rolname
 		  FROM up JOIN pg_catalog.pg_roles m ON m.oid = up.member JOIN pg_catalog.pg_roles r ON r.oid = up.roleid
 		 WHERE (r.rolname NOT IN ('vital_tenant', 'vital_tenant_writer')
-		        AND NOT (m.rolname = 'vital_operator' AND r.rolname = 'pg_read_all_stats'))
+		        AND NOT (m.rolname = 'vital_operator' AND r.rolname IN ('pg_read_all_stats', 'vital_tenant_session')))
 		    OR (m.rolname = 'vital_tenant' AND r.rolname = 'vital_tenant_writer')
 		ORDER BY 1`, groupRoles)
 }

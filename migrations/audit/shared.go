@@ -123,3 +123,50 @@ func checkTenantRoleSettings(ctx context.Context, conn *pgx.Conn, r roles) ([]st
 		 GROUP BY ro.rolname, s.setdatabase, d.datname
 		 ORDER BY 1`, r.all)
 }
+
+// PooledMigration is the migration that keeps signalling and prepared
+// statements from pooled roles.
+const PooledMigration = "20251026000006"
+
+const pooledFunctions = `
+	SELECT 'signalling and prepared-statement functions' AS kind, p.oid, p.oid::pg_catalog.regprocedure::text AS name,
+	       false AS is_view, ` + funcPublic + ` AS public
+	  FROM pg_catalog.pg_proc p
+	 WHERE p.pronamespace = 'pg_catalog'::pg_catalog.regnamespace
+	   AND p.proname IN ('pg_cancel_backend', 'pg_terminate_backend', 'pg_prepared_statement')
+	UNION ALL
+	SELECT 'prepared-statement views', c.oid, c.oid::pg_catalog.regclass::text, true, ` + viewPublic + `
+	  FROM pg_catalog.pg_class c
+	 WHERE c.relnamespace = 'pg_catalog'::pg_catalog.regnamespace AND c.relname = 'pg_prepared_statements'`
+
+// checkPooledRoles: no pooled role is mapped to a tenant, and neither PUBLIC
+// nor a pooled role may signal backends or read prepared statements.
+func checkPooledRoles(ctx context.Context, conn *pgx.Conn, r roles) ([]string, error) {
+	problems, err := collect(ctx, conn, `
+		WITH obj AS (`+pooledFunctions+`),
+		who AS (SELECT oid, rolname::text AS name FROM pg_catalog.pg_roles WHERE rolname = ANY ($1) AND NOT rolsuper)
+		SELECT 'PUBLIC: may use ' || obj.name FROM obj WHERE obj.public
+		UNION ALL
+		SELECT who.name || ': may use ' || obj.name
+		  FROM obj CROSS JOIN who
+		 WHERE NOT obj.public
+		   AND CASE WHEN obj.is_view THEN pg_catalog.has_table_privilege(who.oid, obj.oid, 'SELECT')
+		            ELSE pg_catalog.has_function_privilege(who.oid, obj.oid, 'EXECUTE') END
+		ORDER BY 1`, r.pooled)
+	if err != nil {
+		return nil, err
+	}
+	if len(problems) > 0 {
+		problems = append(problems, "as a superuser, run: vitalproxy migrate reapply "+PooledMigration)
+	}
+	if len(r.pooled) > 0 {
+		mapped, err := collect(ctx, conn, `
+			SELECT role_name::text || ': pooled role mapped to a tenant in vital.tenant_roles'
+			  FROM vital.tenant_roles WHERE role_name::text = ANY ($1) ORDER BY 1`, r.pooled)
+		if err != nil {
+			return nil, err
+		}
+		problems = append(mapped, problems...)
+	}
+	return problems, nil
+}
