@@ -68,14 +68,15 @@ type Config struct {
 	// RolePrefix starts every tenant login role's name.
 	RolePrefix string `mapstructure:"role_prefix"`
 
-	TLS     TLS     `mapstructure:"tls"`
-	Auth    Auth    `mapstructure:"auth"`
-	Metrics Metrics `mapstructure:"metrics"`
-	Log     Log     `mapstructure:"log"`
-	Limits  Limits  `mapstructure:"limits"`
-	Pool    Pool    `mapstructure:"pool"`
-	Audit   Audit   `mapstructure:"audit"`
-	Probe   Probe   `mapstructure:"probe"`
+	TLS       TLS       `mapstructure:"tls"`
+	Auth      Auth      `mapstructure:"auth"`
+	Metrics   Metrics   `mapstructure:"metrics"`
+	Log       Log       `mapstructure:"log"`
+	Limits    Limits    `mapstructure:"limits"`
+	Pool      Pool      `mapstructure:"pool"`
+	Isolation Isolation `mapstructure:"isolation"`
+	Audit     Audit     `mapstructure:"audit"`
+	Probe     Probe     `mapstructure:"probe"`
 
 	// Users are proxy users defined in the file (users may also live in the
 	// database, managed by `vitalproxy user`).
@@ -204,6 +205,29 @@ type Pool struct {
 	MaxClientConnsPerTenant int `mapstructure:"max_client_conns_per_tenant"`
 }
 
+// Isolation modes: how a transaction-mode backend is tied to a tenant.
+const (
+	// IsolationRole: a backend logs in as the tenant's own role and serves
+	// that tenant only.
+	IsolationRole = "role"
+	// IsolationContext: backends log in as a pooled role shared by the
+	// tenants and carry a signed tenant context the database verifies;
+	// any tenant's transaction may use any idle backend.
+	IsolationContext = "context"
+)
+
+// Isolation chooses how transaction-mode backends are tied to tenants.
+type Isolation struct {
+	// Mode is role (one pool of backends per tenant role) or context
+	// (backends shared by tenants, each transaction entering its tenant's
+	// signed context; for many active tenants on few backends). Applies to
+	// transaction-mode sessions of the rw and ro capabilities; session
+	// mode and the platform admin role always use role.
+	// tenants.<slug>.isolation_mode overrides it. Needs migration
+	// 20251026000006 and `vitalproxy tenant sync`.
+	Mode string `mapstructure:"mode"`
+}
+
 // Audit schedules the isolation audit.
 type Audit struct {
 	// Interval is how often serve re-runs the isolation audit; 0 runs it
@@ -275,6 +299,18 @@ type TenantSettings struct {
 	// PoolMode overrides pool.mode for the tenant's clients: session or
 	// transaction.
 	PoolMode string `mapstructure:"pool_mode"`
+	// IsolationMode overrides isolation.mode for the tenant: role or
+	// context.
+	IsolationMode string `mapstructure:"isolation_mode"`
+}
+
+// IsolationFor is the isolation mode of tenant slug's transaction-mode
+// sessions.
+func (c *Config) IsolationFor(slug string) string {
+	if t, ok := c.Tenants[slug]; ok && t.IsolationMode != "" {
+		return t.IsolationMode
+	}
+	return c.Isolation.Mode
 }
 
 // defaults lists every key with its default, so environment variables work
@@ -313,6 +349,7 @@ var defaults = map[string]any{
 	"pool.statement_timeout":           "0s",
 	"pool.idle_in_transaction_timeout": "0s",
 	"pool.max_client_conns_per_tenant": 0,
+	"isolation.mode":                   IsolationRole,
 	"audit.interval":                   "5m",
 	"probe.enabled":                    false,
 	"probe.interval":                   "30s",
@@ -411,6 +448,18 @@ func (c *Config) Validate() error {
 	case "session", "transaction":
 	default:
 		errs = append(errs, fmt.Errorf("pool.mode must be session or transaction, not %q", c.Pool.Mode))
+	}
+	switch c.Isolation.Mode {
+	case IsolationRole, IsolationContext:
+	default:
+		errs = append(errs, fmt.Errorf("isolation.mode must be role or context, not %q", c.Isolation.Mode))
+	}
+	for slug, t := range c.Tenants {
+		switch t.IsolationMode {
+		case "", IsolationRole, IsolationContext:
+		default:
+			errs = append(errs, fmt.Errorf("tenants.%s.isolation_mode must be role or context, not %q", slug, t.IsolationMode))
+		}
 	}
 	switch c.Log.Format {
 	case "text", "json":

@@ -8,6 +8,14 @@
 // to busy tenants and taken back when a tenant without a backend waits (the
 // least recently used idle backend of another pool is closed for it).
 // Waiting clients are served round-robin across tenants, FIFO within one.
+//
+// A shared key (Key.Shared, isolation mode context) names a pool of
+// backends that any tenant's transaction may borrow: they log in as a
+// pooled role, and the borrower enters its tenant's context before use.
+// Per-tenant caps then count the backends a tenant has borrowed, and a
+// released shared backend goes to the next tenant in the rotation (after
+// at most sharedAffinity more transactions of the tenant that released it,
+// which saves a context switch).
 package pool
 
 import (
@@ -31,12 +39,28 @@ const aliveCheckAfter = 100 * time.Millisecond
 // ErrClosed means the pool was closed.
 var ErrClosed = errors.New("pool is closed")
 
-// Key names a pool: one login role of one tenant.
+// Key names a pool: one login role of one tenant, or (Shared) a pooled
+// role whose backends serve any tenant, borrowed on behalf of Tenant.
 type Key struct {
 	Tenant   string // slug: fairness, caps and metrics
-	TenantID string // asserted with set_tenant_context on every new backend
+	TenantID string // asserted with set_tenant_context on every new backend (role keys)
 	Role     string
+	Shared   bool
 }
+
+// PoolKey is the pool a key's backends live in: the key itself, or for a
+// shared key the pooled role alone.
+func (k Key) PoolKey() Key {
+	if k.Shared {
+		return Key{Role: k.Role, Shared: true}
+	}
+	return k
+}
+
+// sharedAffinity is how many transactions in a row a released shared
+// backend may serve for the tenant that released it, ahead of the
+// rotation, when that tenant has clients waiting.
+const sharedAffinity = 1
 
 // DialFunc opens a backend for key.
 type DialFunc func(ctx context.Context, key Key) (*upstream.Conn, error)
@@ -73,6 +97,9 @@ type Backend struct {
 	lastUsed time.Time
 	// Reused is true when the backend served a client before.
 	Reused bool
+	// streak counts transactions in a row served out of turn for the same
+	// tenant (shared backends).
+	streak int
 	// Data is free for the borrower (e.g. which settings were applied).
 	Data any
 	// Settings and Reported are what a session-mode reset left on the
@@ -99,7 +126,11 @@ const (
 	ReasonRoleDefaults Reason = "role_defaults"
 )
 
-// Stats is a snapshot of one pool.
+// Stats is a snapshot of one pool. A shared pool has a row of its own (Key
+// is its PoolKey: no tenant) with its backends, and one row per tenant
+// using it (Key.Shared with the tenant) with what that tenant has borrowed
+// (Active), waits for (Waiting) and the queue timeouts it had; Idle,
+// Opened and Closed are the shared pool's alone.
 type Stats struct {
 	Key      Key
 	Active   int // lent out
@@ -117,6 +148,24 @@ type keyPool struct {
 	opened uint64
 	closed map[Reason]uint64
 	tmo    uint64
+	// uses are, for a shared pool, its borrowers by tenant slug.
+	uses map[string]*tenantUse
+}
+
+// tenantUse is one tenant's use of a shared pool.
+type tenantUse struct {
+	key  Key
+	lent int
+	tmo  uint64
+}
+
+func (k *keyPool) use(key Key) *tenantUse {
+	u := k.uses[key.Tenant]
+	if u == nil {
+		u = &tenantUse{key: key}
+		k.uses[key.Tenant] = u
+	}
+	return u
 }
 
 type waiter struct {
@@ -184,12 +233,44 @@ func (p *Pool) tenantCap(tenant string) int {
 }
 
 func (p *Pool) kp(key Key) *keyPool {
-	k := p.pools[key]
+	pk := key.PoolKey()
+	k := p.pools[pk]
 	if k == nil {
-		k = &keyPool{key: key, closed: map[Reason]uint64{}}
-		p.pools[key] = k
+		k = &keyPool{key: pk, closed: map[Reason]uint64{}}
+		if pk.Shared {
+			k.uses = map[string]*tenantUse{}
+		}
+		p.pools[pk] = k
 	}
 	return k
+}
+
+// atCap reports whether tenant may not have one more backend.
+func (p *Pool) atCap(tenant string) bool {
+	c := p.tenantCap(tenant)
+	return c > 0 && p.perTen[tenant] >= c
+}
+
+// lend marks shared backend b as borrowed for key. Caller holds mu.
+func (p *Pool) lend(k *keyPool, b *Backend, key Key) {
+	b.Key = key
+	p.perTen[key.Tenant]++
+	if key.Tenant != "" {
+		k.use(key).lent++
+	}
+}
+
+// unlend undoes lend (and the slot counted for a dial). Caller holds mu.
+func (p *Pool) unlend(k *keyPool, b *Backend) {
+	if t := b.Key.Tenant; t != "" || b.Key.Shared {
+		if p.perTen[t]--; p.perTen[t] <= 0 {
+			delete(p.perTen, t)
+		}
+		if u := k.uses[t]; u != nil {
+			u.lent--
+		}
+	}
+	b.Key = k.key
 }
 
 // Acquire lends a backend of key, reusing an idle one, dialling a new one
@@ -201,7 +282,7 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Backend, error) {
 		return nil, ErrClosed
 	}
 	k := p.kp(key)
-	if b := p.takeIdle(k); b != nil {
+	if b := p.takeIdle(k, key); b != nil {
 		p.mu.Unlock()
 		return b, nil
 	}
@@ -276,7 +357,11 @@ func (p *Pool) expire() {
 			case w.deadline.IsZero():
 			case !w.deadline.After(now):
 				p.dequeue(w)
-				p.kp(w.key).tmo++
+				k := p.kp(w.key)
+				k.tmo++
+				if k.uses != nil {
+					k.use(w.key).tmo++
+				}
 				w.ready <- grant{err: ErrQueueTimeout}
 			case next.IsZero() || w.deadline.Before(next):
 				next = w.deadline
@@ -314,13 +399,20 @@ func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
 	}
 	k.opened++
 	now := time.Now()
-	return &Backend{Conn: c, Key: key, created: now, lastUsed: now}, nil
+	b := &Backend{Conn: c, Key: key, created: now, lastUsed: now}
+	if k.uses != nil && key.Tenant != "" {
+		k.use(key).lent++ // its slot is already counted in perTen
+	}
+	return b, nil
 }
 
 // takeIdle pops the most recently used idle backend of k that is still
-// alive; dead ones (terminated, crashed) are discarded, never lent. Caller
-// holds mu.
-func (p *Pool) takeIdle(k *keyPool) *Backend {
+// alive, for key; dead ones (terminated, crashed) are discarded, never lent.
+// Caller holds mu.
+func (p *Pool) takeIdle(k *keyPool, key Key) *Backend {
+	if k.uses != nil && p.atCap(key.Tenant) {
+		return nil
+	}
 	for n := len(k.idle); n > 0; n = len(k.idle) {
 		b := k.idle[n-1]
 		k.idle = k.idle[:n-1]
@@ -332,6 +424,10 @@ func (p *Pool) takeIdle(k *keyPool) *Backend {
 		}
 		k.active++
 		b.Reused = true
+		b.streak = 0
+		if k.uses != nil {
+			p.lend(k, b, key)
+		}
 		return b
 	}
 	return nil
@@ -356,8 +452,9 @@ func (p *Pool) reserveSlot(key Key) bool {
 // key's. Caller holds mu.
 func (p *Pool) evictLRU(key Key) bool {
 	var victim *keyPool
+	own := key.PoolKey()
 	for _, k := range p.pools {
-		if k.key == key || len(k.idle) == 0 {
+		if k.key == own || len(k.idle) == 0 {
 			continue
 		}
 		if victim == nil || k.idle[0].lastUsed.Before(victim.idle[0].lastUsed) {
@@ -377,7 +474,9 @@ func (p *Pool) evictLRU(key Key) bool {
 func (p *Pool) discard(k *keyPool, b *Backend, why Reason) {
 	k.closed[why]++
 	p.total--
-	p.perTen[b.Key.Tenant]--
+	if !b.Key.Shared {
+		p.perTen[b.Key.Tenant]-- // a shared backend was unlent first
+	}
 	go b.Terminate() //nolint:errcheck // best effort; the socket is closed either way
 }
 
@@ -396,6 +495,10 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 	defer p.mu.Unlock()
 	k := p.kp(b.Key)
 	k.active--
+	prev := b.Key
+	if k.uses != nil {
+		p.unlend(k, b)
+	}
 	now := time.Now()
 	switch {
 	case p.closed:
@@ -415,7 +518,33 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 		return
 	}
 	b.lastUsed = now
+	if k.uses != nil && p.serveAgain(k, b, prev) {
+		return
+	}
 	p.grantNext(b)
+}
+
+// serveAgain hands shared backend b straight to the next waiter of the
+// tenant that released it (key prev), at most sharedAffinity times in a
+// row, and reports whether it did. Caller holds mu.
+func (p *Pool) serveAgain(k *keyPool, b *Backend, prev Key) bool {
+	if b.streak >= sharedAffinity || prev.Tenant == "" || p.atCap(prev.Tenant) {
+		return false
+	}
+	q := p.queues[prev.Tenant]
+	for _, w := range q {
+		if w.key.PoolKey() != k.key {
+			continue
+		}
+		p.dequeue(w)
+		b.streak++
+		k.active++
+		b.Reused = true
+		p.lend(k, b, w.key)
+		w.ready <- grant{b: b}
+		return true
+	}
+	return false
 }
 
 // grantNext serves the next waiter, round-robin across tenants, and
@@ -426,14 +555,24 @@ func (p *Pool) grantNext(b *Backend) bool {
 	for range len(p.rotation) {
 		tenant := p.rotation[0]
 		w := p.queues[tenant][0]
-		if b != nil && w.key == b.Key {
+		if b != nil && b.Key.Shared && w.key.PoolKey() == b.Key && !p.atCap(tenant) {
+			p.pop(tenant)
+			k := p.kp(b.Key)
+			k.active++
+			b.Reused = true
+			b.streak = 0
+			p.lend(k, b, w.key)
+			w.ready <- grant{b: b}
+			return true
+		}
+		if b != nil && !b.Key.Shared && w.key == b.Key {
 			p.pop(tenant)
 			p.kp(b.Key).active++
 			b.Reused = true
 			w.ready <- grant{b: b}
 			return true
 		}
-		if c := p.tenantCap(tenant); c > 0 && p.perTen[tenant] >= c {
+		if p.atCap(tenant) {
 			// At its cap: only its own releases can serve it.
 			p.rotation = append(p.rotation[1:], tenant)
 			continue
@@ -579,12 +718,31 @@ func (p *Pool) Stats() []Stats {
 		for r, n := range k.closed {
 			s.Closed[r] = n
 		}
-		for _, w := range p.queues[k.key.Tenant] {
-			if w.key == k.key {
-				s.Waiting++
+		if k.uses == nil {
+			for _, w := range p.queues[k.key.Tenant] {
+				if w.key == k.key {
+					s.Waiting++
+				}
+			}
+			out = append(out, s)
+			continue
+		}
+		waiting := map[string]int{}
+		for t, q := range p.queues {
+			for _, w := range q {
+				if w.key.PoolKey() == k.key {
+					waiting[t]++
+					s.Waiting++
+				}
 			}
 		}
 		out = append(out, s)
+		for t, u := range k.uses {
+			if u.lent == 0 && waiting[t] == 0 && u.tmo == 0 {
+				continue
+			}
+			out = append(out, Stats{Key: u.key, Active: u.lent, Waiting: waiting[t], Timeouts: u.tmo, Closed: map[Reason]uint64{}})
+		}
 	}
 	return out
 }

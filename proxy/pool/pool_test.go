@@ -439,3 +439,107 @@ func TestRecycledWaitersCarryNoGrant(t *testing.T) {
 	p.Release(a, true)
 	p.Release(b, true)
 }
+
+// sharedKey is a key of the shared pool borrowed for tenant slug.
+func (e *env) sharedKey(slug string) pool.Key {
+	return pool.Key{Tenant: slug, Role: e.dh.Role, Shared: true}
+}
+
+// TestSharedBackendServesTenantsInTurn checks that one shared backend
+// serves every tenant's waiters, the releasing tenant's next waiter once
+// ahead of the rotation, then the others in the order they came.
+func TestSharedBackendServesTenantsInTurn(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 1})
+	a, b, c := e.sharedKey("tenant-a"), e.sharedKey("tenant-b"), e.sharedKey("tenant-c")
+	first := acquire(t, p, a)
+	order := make(chan string, 4)
+	var wg sync.WaitGroup
+	wait := func(k pool.Key) {
+		wg.Add(1)
+		go func() {
+			defer wg.Done()
+			got, err := p.Acquire(context.Background(), k)
+			if err != nil {
+				t.Errorf("acquire for %s: %v", k.Tenant, err)
+				return
+			}
+			if got.Key != k || got.PID != first.PID {
+				t.Errorf("%s got key %v pid %d, want its own key on pid %d", k.Tenant, got.Key, got.PID, first.PID)
+			}
+			order <- k.Tenant
+			p.Release(got, true)
+		}()
+		// Let it queue before the next one.
+		deadline := time.Now().Add(5 * time.Second)
+		for stats(p, k).Waiting == 0 && time.Now().Before(deadline) {
+			time.Sleep(time.Millisecond)
+		}
+	}
+	wait(b)
+	wait(c)
+	wait(a)
+	if s := stats(p, a.PoolKey()); s.Active != 1 || s.Waiting != 3 {
+		t.Fatalf("shared pool before release: %+v", s)
+	}
+	p.Release(first, true)
+	wg.Wait()
+	close(order)
+	var got []string
+	for o := range order {
+		got = append(got, o)
+	}
+	want := []string{"tenant-a", "tenant-b", "tenant-c"}
+	if len(got) != len(want) || got[0] != want[0] || got[1] != want[1] || got[2] != want[2] {
+		t.Errorf("served %v, want %v", got, want)
+	}
+	if n := e.dials.Load(); n != 1 {
+		t.Errorf("dials = %d, want 1: one backend serves every tenant", n)
+	}
+	if s := stats(p, a.PoolKey()); s.Active != 0 || s.Idle != 1 || s.Waiting != 0 {
+		t.Errorf("shared pool after: %+v", s)
+	}
+}
+
+// TestSharedPoolPerTenantCap checks that a tenant's cap counts the shared
+// backends it borrowed, not the idle ones, and that another tenant is
+// served meanwhile.
+func TestSharedPoolPerTenantCap(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 3, MaxConnsPerTenant: 1})
+	a, b := e.sharedKey("tenant-a"), e.sharedKey("tenant-b")
+	held := acquire(t, p, a)
+	ctx, cancel := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel()
+	if _, err := p.Acquire(ctx, a); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("a second backend for tenant-a at its cap: err = %v, want a wait until the deadline", err)
+	}
+	other := acquire(t, p, b)
+	if other.PID == held.PID {
+		t.Fatal("one backend lent twice")
+	}
+	if sa, sb := stats(p, a), stats(p, b); sa.Active != 1 || sb.Active != 1 {
+		t.Errorf("per-tenant rows: %+v, %+v", sa, sb)
+	}
+	if s := stats(p, a.PoolKey()); s.Active != 2 {
+		t.Errorf("shared pool row: %+v", s)
+	}
+	p.Release(held, true)
+	// tenant-b is at its cap too, although a shared backend is idle.
+	ctx2, cancel2 := context.WithTimeout(context.Background(), 50*time.Millisecond)
+	defer cancel2()
+	if _, err := p.Acquire(ctx2, b); !errors.Is(err, context.DeadlineExceeded) {
+		t.Fatalf("tenant-b beyond its cap: err = %v", err)
+	}
+	p.Release(other, true)
+	again := acquire(t, p, b)
+	p.Release(again, true)
+	if n := e.dials.Load(); n != 2 {
+		t.Errorf("dials = %d, want 2", n)
+	}
+	if s := stats(p, a.PoolKey()); s.Idle != 2 || s.Active != 0 {
+		t.Errorf("shared pool at the end: %+v", s)
+	}
+}
