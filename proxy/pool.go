@@ -39,10 +39,21 @@ func (s *Server) dialBackend(ctx context.Context, key pool.Key) (*upstream.Conn,
 		ctx, cancel = context.WithTimeout(ctx, d)
 		defer cancel()
 	}
-	c, err := rt.dialer.Dial(ctx, upstream.Options{Role: key.Role, TenantID: key.TenantID})
+	opts := upstream.Options{Role: key.Role, TenantID: key.TenantID}
+	if key.Shared {
+		opts = upstream.Options{Role: key.Role, Pooled: true}
+	}
+	c, err := rt.dialer.Dial(ctx, opts)
 	if err != nil {
 		s.metrics.UpstreamConnectError()
 		return nil, err
+	}
+	if key.Shared && c.RoleDefaults {
+		// A tenant gave the pooled role defaults (ALTER ROLE ... SET):
+		// they would reach every tenant its backends serve.
+		_ = c.Terminate()
+		s.logger.Error("the pooled role has role defaults of its own; refusing its server connections until `vitalproxy tenant sync` removes them", "role", key.Role)
+		return nil, fmt.Errorf("%w: pooled role %q has role defaults (ALTER ROLE ... SET); run vitalproxy tenant sync", errUnsafeLogin, key.Role)
 	}
 	for _, p := range c.Params {
 		bad := (p.Name == "is_superuser" && p.Value != "off") ||

@@ -118,6 +118,7 @@ func (s *Server) reload(ctx context.Context) error {
 	}
 	s.rt.Store(rt)
 	s.dir.Store(dir)
+	s.endSuspended(dir)
 	return nil
 }
 
@@ -189,6 +190,7 @@ func (s *Server) background(ctx context.Context) {
 			dir, err := s.loadDirectory(ctx, s.rt.Load().cfg)
 			if err == nil {
 				s.dir.Store(dir)
+				s.endSuspended(dir)
 			}
 			s.reloadMu.Unlock()
 			if err != nil {

@@ -76,6 +76,8 @@ type runtimeConfig struct {
 	dialer     *upstream.Dialer
 	upstreamDB string
 	secret     []byte
+	// contextKey signs the tenant contexts of shared backends.
+	contextKey []byte
 	tls        *tls.Config
 	// namespaces caches each tenant's notification channel namespace,
 	// derived from secret (see channels).
@@ -116,6 +118,7 @@ func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 		dialer:     dialer,
 		upstreamDB: dialer.Database(),
 		secret:     secret,
+		contextKey: auth.ContextKey(secret),
 		tls:        tc,
 	}, nil
 }
@@ -485,6 +488,30 @@ func (s *Server) untrack(sess *session) {
 	delete(s.sessions, sess)
 	s.mu.Unlock()
 	s.sessionWG.Done()
+}
+
+// endSuspended closes the sessions on shared backends (isolation mode
+// context) of tenants that dir no longer lists as active. A suspended
+// tenant's roles cannot log in and their sessions are terminated, but a
+// shared backend that entered its context could keep serving it; the
+// database refuses it the next context switch, and this ends it sooner.
+func (s *Server) endSuspended(dir *auth.Directory) {
+	var end []*session
+	s.mu.Lock()
+	for sess := range s.sessions {
+		slug := sess.pooledTenant.Load()
+		if slug == nil {
+			continue
+		}
+		if t, ok := dir.Tenant(*slug); !ok || !t.Active() {
+			end = append(end, sess)
+		}
+	}
+	s.mu.Unlock()
+	for _, sess := range end {
+		s.logger.Info("ending a session of a tenant that is no longer active", "tenant", *sess.pooledTenant.Load(), "session", sess.id)
+		sess.forceClose()
+	}
 }
 
 // drain waits up to timeout for the sessions to end, then closes the rest.

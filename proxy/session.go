@@ -121,6 +121,9 @@ type session struct {
 	hasKey   bool
 	counted  bool // counted in Server.clients
 	c2s, s2c int64
+	// pooledTenant is the tenant slug of a session that borrows shared
+	// backends (isolation mode context), for Server.endSuspended.
+	pooledTenant atomic.Pointer[string]
 }
 
 func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {

@@ -6,6 +6,7 @@ import (
 	"time"
 
 	"github.com/vitalproxy/vitalproxy/auth"
+	"github.com/vitalproxy/vitalproxy/config"
 	"github.com/vitalproxy/vitalproxy/proxy/observe"
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/startup"
@@ -26,9 +27,17 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 	rt := s.rt
 	m := s.srv.metrics
 	tm := m.ForTenant(id.Tenant.Slug)
+	pk := rt.poolKey(id)
+	var enter func(pid uint32) string
+	if pk.Shared {
+		enter = func(pid uint32) string { return auth.TenantContext(rt.contextKey, id.Tenant.ID, pid, pk.Role) }
+		slug := id.Tenant.Slug
+		s.pooledTenant.Store(&slug)
+	}
 	tx, err := txmode.NewClient(s.conn, txmode.Options{
 		Pool:           s.srv.pool,
-		Key:            pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role},
+		Key:            pk,
+		EnterContext:   enter,
 		StartupParams:  settings,
 		MaxMessageSize: rt.cfg.Limits.MaxMessageSize,
 		Channels:       rt.channels(id.Tenant.ID),
@@ -38,6 +47,7 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 			OnNotificationDropped: tm.Dropped.Inc,
 			OnPrepared:            m.CountPrepared,
 			OnReset:               m.CountReset,
+			OnContextSwitch:       m.CountContextSwitch,
 		},
 	})
 	if err != nil {
@@ -65,6 +75,18 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		return reasonNone, err
 	}
 	return reasonNone, nil
+}
+
+// poolKey is the pool a transaction-mode session of id borrows from: its
+// tenant role's, or in isolation mode context (rw and ro capabilities) the
+// shared pool of the capability's pooled role.
+func (rt *runtimeConfig) poolKey(id *auth.Identity) pool.Key {
+	if rt.cfg.IsolationFor(id.Tenant.Slug) == config.IsolationContext &&
+		(id.Capability == auth.ReadWrite || id.Capability == auth.ReadOnly) {
+		return pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID,
+			Role: auth.PooledRoleName(rt.cfg.RolePrefix, id.Capability), Shared: true}
+	}
+	return pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role}
 }
 
 // forwardTransactions runs the transaction-mode engine until the client

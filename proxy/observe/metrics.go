@@ -34,9 +34,11 @@ type Metrics struct {
 	transactions         *prometheus.CounterVec
 	prepared             *prometheus.CounterVec
 	notificationsDropped *prometheus.CounterVec
+	contextSwitches      *prometheus.CounterVec
 
 	// The series the per-transaction hooks count, resolved once.
 	resetOK, resetFailed      prometheus.Counter
+	switchOK, switchFailed    prometheus.Counter
 	preparedHit, preparedMiss prometheus.Counter
 
 	tenants *tenantLabels
@@ -115,6 +117,10 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 			Name: "vitalproxy_build_info",
 			Help: "Build information; always 1.",
 		}, []string{"version", "goversion"}),
+		contextSwitches: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_context_switches_total",
+			Help: "Shared server connections (isolation mode context) that entered another tenant's context for a transaction, by result (ok, failure: the connection was closed and the client told).",
+		}, []string{"result"}),
 		resets: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "vitalproxy_pool_resets_total",
 			Help: "Server connections reset for reuse after a client left, by result (ok, failure: the connection was closed).",
@@ -141,7 +147,7 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 	reg.MustRegister(m.clientConnections, m.connectionAttempts, m.sessionEnds, m.authFailures,
 		m.contextInjections, m.sessionSetup, m.bytes, m.cancelRequests, m.upstreamConnectErrs,
 		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo, m.resets, m.poolWait, m.transactions, m.prepared,
-		m.notificationsDropped)
+		m.notificationsDropped, m.contextSwitches)
 	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range []string{"ok", "failure"} {
 		m.contextInjections.WithLabelValues(r)
@@ -153,6 +159,7 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 		m.configReloads.WithLabelValues(r)
 	}
 	m.resetOK, m.resetFailed = m.resets.WithLabelValues("ok"), m.resets.WithLabelValues("failure")
+	m.switchOK, m.switchFailed = m.contextSwitches.WithLabelValues("ok"), m.contextSwitches.WithLabelValues("failure")
 	m.preparedHit, m.preparedMiss = m.prepared.WithLabelValues("hit"), m.prepared.WithLabelValues("miss")
 	return m
 }
@@ -219,6 +226,15 @@ func (m *Metrics) CountReset(ok bool) {
 		m.resetOK.Inc()
 	} else {
 		m.resetFailed.Inc()
+	}
+}
+
+// CountContextSwitch counts a shared backend entering a tenant's context.
+func (m *Metrics) CountContextSwitch(ok bool) {
+	if ok {
+		m.switchOK.Inc()
+	} else {
+		m.switchFailed.Inc()
 	}
 }
 

@@ -69,14 +69,33 @@ type tenantPoolSums struct {
 	closed                map[pool.Reason]uint64
 }
 
+// PooledLabel is the tenant label of the backends of a shared pool
+// (isolation mode context) while no tenant borrows them.
+const PooledLabel = "_pooled"
+
 func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 	sums := map[string]*tenantPoolSums{}
 	for _, st := range c.pool.Stats() {
-		label := c.labels.label(st.Key.Tenant)
+		// A shared pool's own row (isolation mode context) has its idle
+		// backends, opens and closes under PooledLabel; what is borrowed,
+		// waited for and timed out counts for the borrowing tenants.
+		poolRow := st.Key.Shared && st.Key.Tenant == ""
+		label := PooledLabel
+		if !poolRow {
+			label = c.labels.label(st.Key.Tenant)
+		}
 		t := sums[label]
 		if t == nil {
 			t = &tenantPoolSums{closed: map[pool.Reason]uint64{}}
 			sums[label] = t
+		}
+		if poolRow {
+			t.idle += st.Idle
+			t.opened += st.Opened
+			for r, n := range st.Closed {
+				t.closed[r] += n
+			}
+			continue
 		}
 		t.active += st.Active
 		t.idle += st.Idle

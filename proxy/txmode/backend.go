@@ -57,6 +57,15 @@ type serverState struct {
 	idleSince time.Time
 	// deadline: a read deadline was set to bound a cleanup.
 	deadline bool
+
+	// Shared backends (isolation mode context): entered is the tenant id
+	// whose context the session carries ("": none, after a reset);
+	// enterReady says the enter statement is prepared on it.
+	entered    string
+	enterReady bool
+	// capture asks exec to keep the first DataRow's body in captured.
+	capture  bool
+	captured []byte
 }
 
 // stateOf returns the engine's state of b, creating it on first use.
@@ -212,6 +221,11 @@ func (st *serverState) exec(msgs []byte, wantZ int, timeout time.Duration) (stat
 			}
 		case 'S':
 			st.recordParam(body)
+		case 'D':
+			if st.capture {
+				st.captured = append(st.captured[:0], body...)
+				st.capture = false
+			}
 		case 'G', 'H', 'W':
 			return 0, nil, fmt.Errorf("%w: unexpected COPY from server", errBroken)
 		}

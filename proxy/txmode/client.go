@@ -4,6 +4,7 @@ import (
 	"context"
 	"crypto/rand"
 	"crypto/sha256"
+	"encoding/binary"
 	"errors"
 	"fmt"
 	"io"
@@ -148,7 +149,7 @@ func NewClient(conn net.Conn, opts Options) (*Client, error) {
 	c.resetMsgs = appendQuery(nil, "RESET ROLE; RESET ALL")
 	c.discardMsgs = appendQuery(nil, "DISCARD ALL")
 	c.resetZ = 1
-	if id := opts.Key.TenantID; id != "" {
+	if id := opts.Key.TenantID; id != "" && !opts.Key.Shared {
 		var ctxMsgs []byte
 		ctxMsgs, _ = (&pgproto3.Parse{Query: setTenantContextSQL}).Encode(ctxMsgs)
 		ctxMsgs, _ = (&pgproto3.Bind{Parameters: [][]byte{[]byte(id)}}).Encode(ctxMsgs)
@@ -746,6 +747,18 @@ func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (
 			lastErr = errBroken
 			continue
 		}
+		if c.opts.Key.Shared && st.entered != c.opts.Key.TenantID {
+			if err := c.enter(b, st, want); err != nil {
+				c.opts.Pool.Release(b, false)
+				var pgErr *pgconn.PgError
+				if errors.As(err, &pgErr) {
+					return nil, nil, pgErr
+				}
+				c.log.Warn("entering the tenant context on a shared server connection failed; closing it", "pid", b.PID, "error", err)
+				lastErr = err
+				continue
+			}
+		}
 		if err := c.apply(st, want); err != nil {
 			c.opts.Pool.Release(b, false)
 			var pgErr *pgconn.PgError
@@ -759,6 +772,78 @@ func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (
 		return b, st, nil
 	}
 	return nil, nil, fmt.Errorf("no usable server connection: %w", lastErr)
+}
+
+// enterName is the enter statement's name on shared backends; random per
+// process, so that no client can guess it.
+var enterName = func() string {
+	var b [8]byte
+	if _, err := rand.Read(b[:]); err != nil {
+		panic(err)
+	}
+	return fmt.Sprintf("vp_enter_%x", b)
+}()
+
+// enterSQL clears the session state a previous borrower left and enters
+// the signed context given; it returns the tenant the database verified.
+const enterSQL = "SELECT public.enter_tenant_context($1)::text"
+
+// enter makes shared backend b carry the client's tenant context and
+// settings want, in one round trip, and checks the tenant the database
+// verified.
+func (c *Client) enter(b *pool.Backend, st *serverState, want *settings) error {
+	var msgs []byte
+	if !st.enterReady {
+		msgs, _ = (&pgproto3.Close{ObjectType: 'S', Name: enterName}).Encode(msgs)
+		msgs, _ = (&pgproto3.Parse{Name: enterName, Query: enterSQL}).Encode(msgs)
+	}
+	msgs, _ = (&pgproto3.Bind{PreparedStatement: enterName, Parameters: [][]byte{[]byte(c.opts.EnterContext(b.PID))}}).Encode(msgs)
+	msgs, _ = (&pgproto3.Execute{}).Encode(msgs)
+	msgs = appendSync(msgs)
+	// enter_tenant_context runs RESET ALL: apply from the defaults.
+	queries := applyQueries(nil, want)
+	for _, q := range queries {
+		msgs = appendQuery(msgs, q)
+	}
+	st.entered, st.applied = "", nil // unknown until it succeeds
+	st.capture, st.captured = true, st.captured[:0]
+	status, pgErr, err := st.exec(msgs, 1+len(queries), c.opts.CleanupTimeout)
+	st.capture = false
+	ok := false
+	defer func() {
+		if c.opts.Hooks.OnContextSwitch != nil {
+			c.opts.Hooks.OnContextSwitch(ok)
+		}
+	}()
+	switch {
+	case err != nil:
+		return err
+	case pgErr != nil:
+		st.enterReady = false
+		return pgErr
+	case status != 'I':
+		return fmt.Errorf("%w: transaction status %q after entering the tenant context", errBroken, status)
+	}
+	st.enterReady = true
+	if got := dataRowText(st.captured); got != c.opts.Key.TenantID {
+		return fmt.Errorf("%w: the server verified tenant %q, not %q", errBroken, got, c.opts.Key.TenantID)
+	}
+	st.entered, st.applied = c.opts.Key.TenantID, want
+	ok = true
+	return nil
+}
+
+// dataRowText returns the first column of a DataRow body as text ("" when
+// NULL or malformed).
+func dataRowText(body []byte) string {
+	if len(body) < 6 || binary.BigEndian.Uint16(body) < 1 {
+		return ""
+	}
+	n := int32(binary.BigEndian.Uint32(body[2:]))
+	if n < 0 || int(n) > len(body)-6 {
+		return ""
+	}
+	return string(body[6 : 6+n])
 }
 
 // apply moves the backend's settings to want with one round trip.

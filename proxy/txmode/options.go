@@ -53,6 +53,13 @@ type Options struct {
 	// Parse messages are moved into it, and a NotificationResponse reaches
 	// the client only from inside it (see package notify).
 	Channels *notify.Namespace
+	// EnterContext, required when Key.Shared, returns the signed tenant
+	// context (auth.TenantContext) for the backend with process id pid.
+	// Before a shared backend serves the client, the engine calls
+	// public.enter_tenant_context with it, which clears the session state
+	// a previous borrower left and returns the tenant the database
+	// verified; anything but Key.TenantID closes the backend.
+	EnterContext func(pid uint32) string
 	// Logger receives the session's log lines (default: discarded).
 	Logger *slog.Logger
 	// Hooks observe the engine for metrics.
@@ -83,6 +90,10 @@ type Hooks struct {
 	// OnNotificationDropped is called when a notification outside the
 	// client's channel namespace was kept from it (see Options.Channels).
 	OnNotificationDropped func()
+	// OnContextSwitch is called after a shared backend entered the
+	// client's tenant context; ok is false when that failed and the
+	// backend was closed.
+	OnContextSwitch func(ok bool)
 }
 
 func (o *Options) validate() error {
@@ -92,6 +103,9 @@ func (o *Options) validate() error {
 	}
 	if o.Key.Role == "" {
 		errs = append(errs, errors.New("txmode: Options.Key.Role is required"))
+	}
+	if o.Key.Shared && (o.Key.TenantID == "" || o.EnterContext == nil) {
+		errs = append(errs, errors.New("txmode: a shared key needs Key.TenantID and Options.EnterContext"))
 	}
 	if o.Key.TenantID != "" && !isUUID(o.Key.TenantID) {
 		errs = append(errs, fmt.Errorf("txmode: tenant id %q is not a UUID", o.Key.TenantID))

@@ -388,10 +388,13 @@ func (c *Client) reset(b *pool.Backend, st *serverState) bool {
 	}
 	status, pgErr, err := st.exec(msgs, c.resetZ, c.opts.CleanupTimeout)
 	ok := err == nil && pgErr == nil && status == 'I'
+	// RESET ALL and DISCARD ALL clear a shared backend's tenant context.
+	st.entered = ""
 	if ok {
 		st.applied = nil
 		if st.discard {
 			clear(st.stmts)
+			st.enterReady = false
 		}
 		st.dirty, st.discard = false, false
 	} else {

@@ -104,6 +104,10 @@ type Options struct {
 	// TenantID, when set, is asserted with SELECT set_tenant_context($1)
 	// before Dial returns; a failure fails the login.
 	TenantID string
+	// Pooled: the role is a pooled role of context mode, whose backends
+	// enter a tenant's context per transaction. No context is asserted at
+	// login, but Conn.RoleDefaults is learnt the same way.
+	Pooled bool
 }
 
 // Error is a server ErrorResponse received during login.
@@ -228,7 +232,11 @@ func (d *Dialer) login(c *Conn, opts Options) error {
 			}
 			if done {
 				// Pipeline the context assertion behind the start-up.
-				out = appendContextQuery(out, opts.TenantID)
+				if opts.Pooled {
+					out = appendPooledQuery(out)
+				} else {
+					out = appendContextQuery(out, opts.TenantID)
+				}
 			}
 			if len(out) > 0 {
 				if _, err := c.Conn.Write(out); err != nil {
@@ -250,7 +258,7 @@ func (d *Dialer) login(c *Conn, opts Options) error {
 			}
 			c.PID, c.SecretKey = k.ProcessID, k.SecretKey
 		case 'Z':
-			if opts.TenantID == "" {
+			if opts.TenantID == "" && !opts.Pooled {
 				return nil
 			}
 			defaults, err := awaitContext(&r)
@@ -296,6 +304,19 @@ func awaitContext(r *reader) (roleDefaults bool, err error) {
 // Conn.RoleDefaults).
 const contextQuery = "SELECT public.set_tenant_context($1::uuid), EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s " +
 	"JOIN pg_catalog.pg_roles r ON r.oid = s.setrole WHERE r.rolname = session_user)"
+
+// pooledQuery reports, like contextQuery, whether a pooled role has
+// defaults of its own.
+const pooledQuery = "SELECT NULL, EXISTS (SELECT FROM pg_catalog.pg_db_role_setting s " +
+	"JOIN pg_catalog.pg_roles r ON r.oid = s.setrole WHERE r.rolname = session_user)"
+
+func appendPooledQuery(dst []byte) []byte {
+	dst, _ = (&pgproto3.Parse{Query: pooledQuery}).Encode(dst)
+	dst, _ = (&pgproto3.Bind{}).Encode(dst)
+	dst, _ = (&pgproto3.Execute{}).Encode(dst)
+	dst, _ = (&pgproto3.Sync{}).Encode(dst)
+	return dst
+}
 
 func appendContextQuery(dst []byte, tenantID string) []byte {
 	if tenantID == "" {
