@@ -12,6 +12,10 @@
 //	20251026000003_update_rls_policies.sql
 //	20251026000004_seed_mvp_tenants.sql
 //	20251026000005_harden_shared_paths.sql
+//	20251026000006_pooled_tenant_context.sql
+//
+// The last one lets backends shared by many tenants carry a tenant context
+// the database verifies (isolation mode context).
 //
 // A Migrator applies and rolls them back with goose's Provider API. Each
 // migration runs in one transaction; runs are serialised by a session-level

@@ -115,8 +115,8 @@ func TestHardeningDownGivesBackAndUpAgain(t *testing.T) {
 	db.exec(t, `INSERT INTO agents (tenant_id, name, is_shared, sharing_mode, resource_type)
 		SELECT id, 'a' || g, true, 'global', 'platform' FROM tenants, generate_series(1, 3) g WHERE slug = 'vital-platform'`)
 	m := newMigrator(t, db.url)
-	res, err := m.Down(ctx)
-	if err != nil || len(res) != 1 || res[0].Version != hardening {
+	res, err := m.DownTo(ctx, hardening-1)
+	if err != nil || len(res) != 2 || res[1].Version != hardening {
 		t.Fatalf("down = %v, %v", names(res), err)
 	}
 	for _, c := range []struct{ fn, object, privilege string }{
@@ -162,12 +162,12 @@ func TestHardeningDownGivesBackAndUpAgain(t *testing.T) {
 			failed = append(failed, c.Name)
 		}
 	}
-	if strings.Join(failed, ",") != audit.SharedStatsPrivate+","+audit.SharedFunctionsRevoked {
-		t.Errorf("after down, failing checks %v, want %s and %s", failed, audit.SharedStatsPrivate, audit.SharedFunctionsRevoked)
+	if want := audit.SharedStatsPrivate + "," + audit.SharedFunctionsRevoked + "," + audit.PooledRolesSafe; strings.Join(failed, ",") != want {
+		t.Errorf("after down, failing checks %v, want %s", failed, want)
 	}
 
 	res, err = m.Up(ctx)
-	if err != nil || len(res) != 1 {
+	if err != nil || len(res) != 2 {
 		t.Fatalf("up again = %v, %v", names(res), err)
 	}
 	if publicMay(t, conn, "has_table_privilege", "pg_catalog.pg_stat_activity", "SELECT") {
@@ -222,7 +222,7 @@ func TestPgStatStatementsInstalledLater(t *testing.T) {
 		t.Error("reapply handed pg_stat_statements_reset to pg_read_all_stats")
 	}
 	// Down gives PUBLIC back what the extension gave it, and no more.
-	if _, err := m.Down(ctx); err != nil {
+	if _, err := m.DownTo(ctx, hardening-1); err != nil {
 		t.Fatal(err)
 	}
 	if !publicMay(t, conn, "has_table_privilege", "public.pg_stat_statements", "SELECT") {

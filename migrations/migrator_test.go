@@ -20,6 +20,7 @@ var allFiles = []string{
 	"20251026000003_update_rls_policies.sql",
 	"20251026000004_seed_mvp_tenants.sql",
 	"20251026000005_harden_shared_paths.sql",
+	"20251026000006_pooled_tenant_context.sql",
 }
 
 func reversed(s []string) []string {

@@ -194,8 +194,8 @@ func TestAddAndLogin(t *testing.T) {
 				if a != (roleAttrs{Inherit: true, CanLogin: true, ConnLimit: -1}) {
 					t.Errorf("%s attributes = %+v", role, a)
 				}
-				if got := e.memberOf(t, role); !slices.Equal(got, []string{groups[role]}) {
-					t.Errorf("%s member of %v, want [%s]", role, got, groups[role])
+				if got, want := e.memberOf(t, role), sessionGroups(groups[role]); !slices.Equal(got, want) {
+					t.Errorf("%s member of %v, want %v", role, got, want)
 				}
 				if n := e.count(t, `SELECT count(*) FROM vital.tenant_roles WHERE role_name = $1 AND tenant_id = $2 AND capability = $3`,
 					role, ten.ID, caps[role]); n != 1 {
@@ -454,7 +454,7 @@ func TestSyncRepairsDrift(t *testing.T) {
 	t.Run("sync/state", func(t *testing.T) {
 		groups := map[string]string{rw: "vital_tenant_writer", ro: "vital_tenant", adm: "vital_tenant_writer", otherRO: "vital_tenant", lateRW: "vital_tenant_writer"}
 		for role, g := range groups {
-			if got := e.memberOf(t, role); !slices.Equal(got, []string{g}) {
+			if got := e.memberOf(t, role); !slices.Equal(got, sessionGroups(g)) {
 				t.Errorf("%s member of %v", role, got)
 			}
 			if a := e.attrs(t, role); a != (roleAttrs{Inherit: true, CanLogin: true, ConnLimit: -1}) {
@@ -597,7 +597,7 @@ func TestPrivileges(t *testing.T) {
 	for _, r := range []string{weak, filtered, roleAdmin} {
 		e.exec(t, fmt.Sprintf(`CREATE ROLE %s LOGIN PASSWORD 'pw'`, r))
 		e.exec(t, fmt.Sprintf(`GRANT USAGE ON SCHEMA vital TO %[1]s;
-			GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenants, vital.tenant_roles TO %[1]s`, r))
+			GRANT SELECT, INSERT, UPDATE, DELETE ON public.tenants, vital.tenant_roles, vital.pooled_roles, vital.context_key TO %[1]s`, r))
 		t.Cleanup(func() {
 			_ = e.c.Exec(context.Background(), e.db, fmt.Sprintf(`DROP OWNED BY %[1]s; DROP ROLE %[1]s`, r))
 		})
@@ -766,5 +766,50 @@ func TestStatusDecidesLogin(t *testing.T) {
 				}
 			}
 		})
+	}
+}
+
+// sessionGroups are the sorted groups a tenant role of group g belongs to:
+// g and vital_tenant_session.
+func sessionGroups(g string) []string {
+	out := []string{g, tenantroles.GroupSession}
+	slices.Sort(out)
+	return out
+}
+
+// TestSyncCreatesPooledRoles checks the pooled roles of isolation mode
+// context: created with their groups only (never vital_tenant_session),
+// recorded in vital.pooled_roles, never mapped to a tenant, and the context
+// key stored; a second sync changes nothing.
+func TestSyncCreatesPooledRoles(t *testing.T) {
+	e := setup(t)
+	ctx := context.Background()
+	m := e.m
+	if _, err := m.Sync(ctx); err != nil {
+		t.Fatal(err)
+	}
+	for _, tc := range []struct {
+		cap   auth.Capability
+		group string
+	}{{auth.ReadWrite, "vital_tenant_writer"}, {auth.ReadOnly, "vital_tenant"}} {
+		role := auth.PooledRoleName(e.prefix, tc.cap)
+		if got := e.memberOf(t, role); !slices.Equal(got, []string{tc.group}) {
+			t.Errorf("%s member of %v, want [%s]", role, got, tc.group)
+		}
+		if n := e.count(t, `SELECT count(*) FROM vital.pooled_roles WHERE role_name = $1 AND capability = $2`, role, string(tc.cap)); n != 1 {
+			t.Errorf("%s: %d vital.pooled_roles rows", role, n)
+		}
+		if n := e.count(t, `SELECT count(*) FROM vital.tenant_roles WHERE role_name = $1`, role); n != 0 {
+			t.Errorf("%s is mapped to a tenant", role)
+		}
+		e.mustLogin(t, role)
+	}
+	ikey, _ := auth.ContextKeyPads(auth.ContextKey(secret))
+	if n := e.count(t, `SELECT count(*) FROM vital.context_key WHERE ikey = $1`, ikey); n != 1 {
+		t.Errorf("context key rows matching the secret: %d", n)
+	}
+	rep, err := m.Sync(ctx)
+	if err != nil || len(rep.Changes) != 0 {
+		t.Errorf("second sync: %q, %v", rep.Changes, err)
 	}
 }

@@ -50,6 +50,10 @@ check; exit non-zero if any check fails. The checks:
   tenant_role_settings            no tenant role has role defaults (ALTER ROLE ... SET),
                                   which outlive the proxy's session reset (fix:
                                   vitalproxy tenant sync)
+  pooled_roles_safe               the pooled roles of isolation mode context are mapped to
+                                  no tenant, and neither they nor PUBLIC may signal
+                                  backends or read prepared statements (fix: vitalproxy
+                                  migrate reapply 20251026000006, as a superuser)
 
 Use a superuser connection so that every row can be read.`,
 		Args: cobra.NoArgs,

@@ -76,7 +76,9 @@ When role_secret is configured, tenant login roles are synced afterwards
 Migration 20251026000005 revokes PUBLIC's access to statistics and lock
 views, advisory locks and large-object creation, which only a superuser may
 do; run by another role it says so in a warning, and a superuser finishes it
-with "vitalproxy migrate reapply 20251026000005".`,
+with "vitalproxy migrate reapply 20251026000005". Migration 20251026000006
+likewise revokes signalling backends and reading prepared statements from
+PUBLIC (tenant roles keep them through vital_tenant_session).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("to") && to <= 0 {
@@ -219,6 +221,10 @@ idempotent, so this only completes what the first run could not do:
                   was installed by then. When "vitalproxy check" fails
                   shared_stats_private or shared_functions_revoked, run
                   "vitalproxy migrate reapply 20251026000005" as a superuser.
+  20251026000006  revokes pg_cancel_backend, pg_terminate_backend and the
+                  prepared-statement views from PUBLIC only when a superuser
+                  runs it. When "vitalproxy check" fails pooled_roles_safe,
+                  run "vitalproxy migrate reapply 20251026000006".
 
 Refuses a migration that is pending or whose file changed since it was
 applied.`,

@@ -25,7 +25,7 @@ var allChecks = []string{
 	audit.TenantRolesSafe, audit.GroupRolesSafe, audit.TenantTablesRLS, audit.TenantTablesOwner,
 	audit.ViewsSecurityInvoker, audit.DefinerSearchPath, audit.MaterializedViewsShared,
 	audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedStatsPrivate, audit.SharedFunctionsRevoked,
-	audit.TenantRoleSettings,
+	audit.TenantRoleSettings, audit.PooledRolesSafe,
 }
 
 // fixture is a migrated database with a read-write and a read-only tenant
@@ -294,6 +294,9 @@ func TestEachCheckCanFail(t *testing.T) {
 		{"tenant role defaults", func(t *testing.T, f *fixture) {
 			f.exec(t, `ALTER ROLE `+f.rw+` SET search_path = pg_temp; ALTER ROLE `+f.rw+` SET statement_timeout = '1s'`)
 		}, []string{audit.TenantRoleSettings}, "_rw: role defaults for search_path, statement_timeout in every database (vitalproxy tenant sync removes them)"},
+		{"terminating backends granted back to PUBLIC", func(t *testing.T, f *fixture) {
+			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_terminate_backend(integer, bigint) TO PUBLIC`)
+		}, []string{audit.PooledRolesSafe}, "PUBLIC: may use pg_terminate_backend(integer,bigint)"},
 		{"tenant role defaults in the database", func(t *testing.T, f *fixture) {
 			f.exec(t, `ALTER ROLE `+f.ro+` IN DATABASE `+f.db+` SET role = 'vital_tenant'`)
 		}, []string{audit.TenantRoleSettings}, ": role defaults for role in database "},

@@ -25,7 +25,8 @@
 -- reading the session's prepared statements (other tenants' statement text).
 -- EXECUTE/SELECT on them is revoked from PUBLIC and granted to
 -- vital_tenant_session, a group that tenant roles join (pooled roles never
--- do), and to vital_operator: role mode keeps them. Recorded in
+-- do), to vital_operator, and (the signalling functions) to
+-- pg_signal_backend: role mode keeps them. Recorded in
 -- vital.migration_objects (kind 'public_privilege_pooled') so that Down
 -- gives back exactly what this took. As with migration 5, privileges on
 -- pg_catalog objects may only be changed by a superuser; another migrating
@@ -180,9 +181,6 @@ BEGIN
     LOOP
         EXECUTE pg_catalog.format('GRANT vital_tenant_session TO %I', r.role_name);
     END LOOP;
-    IF NOT pg_catalog.pg_has_role('vital_operator', 'vital_tenant_session', 'MEMBER') THEN
-        GRANT vital_tenant_session TO vital_operator;
-    END IF;
 EXCEPTION WHEN insufficient_privilege THEN
     RAISE WARNING 'tenant roles were not added to vital_tenant_session: run vitalproxy tenant sync';
 END
@@ -221,7 +219,11 @@ BEGIN
             skipped := skipped + 1;
             CONTINUE;
         END IF;
-        EXECUTE pg_catalog.format('GRANT %s ON %s %s TO vital_tenant_session', r.privilege, r.kind, r.name);
+        EXECUTE pg_catalog.format('GRANT %s ON %s %s TO vital_tenant_session, vital_operator', r.privilege, r.kind, r.name);
+        IF r.kind = 'FUNCTION' AND r.name LIKE '%backend%' THEN
+            -- administrators that end sessions (tenant sync) hold pg_signal_backend
+            EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION %s TO pg_signal_backend', r.name);
+        END IF;
         EXECUTE pg_catalog.format('REVOKE %s ON %s %s FROM PUBLIC', r.privilege, r.kind, r.name);
         INSERT INTO vital.migration_objects (kind, name, detail)
         VALUES ('public_privilege_pooled', r.kind || ' ' || r.name, 'vital_tenant_session')
@@ -263,7 +265,7 @@ BEGIN
         IF owner IS NOT NULL THEN
             EXECUTE pg_catalog.format('GRANT %s ON %s TO PUBLIC',
                 CASE WHEN r.name LIKE 'TABLE %' THEN 'SELECT' ELSE 'EXECUTE' END, r.name);
-            EXECUTE pg_catalog.format('REVOKE %s ON %s FROM vital_tenant_session',
+            EXECUTE pg_catalog.format('REVOKE %s ON %s FROM vital_tenant_session, vital_operator, pg_signal_backend',
                 CASE WHEN r.name LIKE 'TABLE %' THEN 'SELECT' ELSE 'EXECUTE' END, r.name);
         END IF;
         DELETE FROM vital.migration_objects WHERE kind = 'public_privilege_pooled' AND name = r.name;
