@@ -341,7 +341,8 @@ func (e *demoEnv) provision(ctx context.Context, secret []byte) error {
 	defer conn.Close(context.WithoutCancel(ctx))
 	_, syncErr := tenantroles.New(conn, tenantroles.Options{Secret: secret, Prefix: e.prefix}).Sync(ctx)
 	// Remember the roles even after a partial sync, so cleanup drops them.
-	if rows, err := conn.Query(ctx, `SELECT role_name::text FROM vital.tenant_roles`); err == nil {
+	if rows, err := conn.Query(ctx, `SELECT role_name::text FROM vital.tenant_roles
+		UNION SELECT role_name::text FROM vital.pooled_roles`); err == nil {
 		e.tenantRoles, _ = pgx.CollectRows(rows, pgx.RowTo[string])
 	}
 	if syncErr != nil {

@@ -85,7 +85,7 @@ func TestMigrateCommands(t *testing.T) {
 	e := newMigrateEnv(t)
 
 	out := e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " pending "); n != 6 {
+	if n := strings.Count(out, " pending "); n != 7 {
 		t.Errorf("status of a fresh database shows %d pending migrations:\n%s", n, out)
 	}
 	out = e.mustRun(t, "migrate", "up", "--dry-run")
@@ -104,15 +104,16 @@ func TestMigrateCommands(t *testing.T) {
 		t.Errorf("up --to 20251026000001 printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "up")
-	if l := lines(out); len(l) != 4 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") ||
-		!strings.HasPrefix(l[3], "applied 20251026000005_harden_shared_paths.sql (") {
+	if l := lines(out); len(l) != 5 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") ||
+		!strings.HasPrefix(l[3], "applied 20251026000005_harden_shared_paths.sql (") ||
+		!strings.HasPrefix(l[4], "applied 20251026000006_pooled_tenant_context.sql (") {
 		t.Errorf("up printed:\n%s", out)
 	}
 	if out = e.mustRun(t, "migrate", "up"); !strings.Contains(out, "nothing to apply") {
 		t.Errorf("second up printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " applied "); n != 6 || strings.Count(out, " ok") != 6 {
+	if n := strings.Count(out, " applied "); n != 7 || strings.Count(out, " ok") != 7 {
 		t.Errorf("status after up:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "verify")
@@ -131,10 +132,11 @@ func TestMigrateCommands(t *testing.T) {
 	}
 
 	out = e.mustRun(t, "migrate", "down", "--dry-run")
-	if !strings.HasPrefix(out, "-- 20251026000005_harden_shared_paths.sql (down)") || strings.Contains(out, "20251026000004") {
+	if !strings.HasPrefix(out, "-- 20251026000006_pooled_tenant_context.sql (down)") || strings.Contains(out, "20251026000005_") {
 		t.Errorf("down --dry-run printed:\n%.300s", out)
 	}
-	if out = e.mustRun(t, "migrate", "down"); !strings.HasPrefix(out, "rolled back 20251026000005_harden_shared_paths.sql (") {
+	if out = e.mustRun(t, "migrate", "down", "--to", "20251026000004"); !strings.HasPrefix(out, "rolled back 20251026000006_pooled_tenant_context.sql (") ||
+		!strings.Contains(out, "rolled back 20251026000005_harden_shared_paths.sql (") {
 		t.Errorf("down printed:\n%s", out)
 	}
 	if _, _, err := runCLI(t, "migrate", "reapply", "20251026000005"); err == nil ||
