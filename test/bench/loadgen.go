@@ -406,7 +406,9 @@ func runLoad(ctx context.Context, spec *loadSpec, goCh <-chan struct{}, event fu
 	for _, l := range lats {
 		all = append(all, l...)
 	}
-	res.P50us, res.P99us = percentile(all, 0.50), percentile(all, 0.99)
+	if len(all) > 0 { // JSON has no NaN
+		res.P50us, res.P99us = percentile(all, 0.50), percentile(all, 0.99)
+	}
 	return res, closeAll, nil
 }
 

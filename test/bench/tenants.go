@@ -45,6 +45,9 @@ const (
 	tenantUser = "bench"
 	// directReserve is what direct leaves of max_connections.
 	directReserve = 10
+	// settleMax bounds how long a run waits for the previous one's server
+	// logins to stop.
+	settleMax = 60 * time.Second
 	// zipfS is the exponent of the zipf case's tenant popularity.
 	zipfS = 1.1
 )
@@ -605,6 +608,7 @@ type tenantRun struct {
 	// Logins are the backends PostgreSQL started during the window (-1
 	// when not measured).
 	Logins      int64
+	Elapsed     time.Duration
 	ConnectTime time.Duration
 	BusyPct     float64
 	ForeignPct  float64
@@ -620,6 +624,30 @@ func (tb *tenantBench) sessions(ctx context.Context) int64 {
 	return n
 }
 
+// settle waits, up to settleMax, until PostgreSQL has seen no new session
+// for a second: a pooler may still be opening server connections for the
+// previous run's clients, which must not burden the next run.
+func (tb *tenantBench) settle(ctx context.Context) {
+	start := time.Now()
+	first := tb.sessions(ctx)
+	last := first
+	for time.Since(start) < settleMax && last >= 0 {
+		select {
+		case <-ctx.Done():
+			return
+		case <-time.After(time.Second):
+		}
+		n := tb.sessions(ctx)
+		if n == last {
+			break
+		}
+		last = n
+	}
+	if d := time.Since(start); d > 3*time.Second {
+		logf(tb.stderr, "    waited %s for the previous run's server logins to stop (%d logins after its clients had gone)", d.Round(time.Second), last-first)
+	}
+}
+
 // runCase runs case c against ep once, redoing it when -max-foreign says
 // other processes disturbed it.
 func (tb *tenantBench) runCase(ctx context.Context, ep *tenantEndpoint, c tenantCase, round int) tenantRun {
@@ -628,6 +656,7 @@ func (tb *tenantBench) runCase(ctx context.Context, ep *tenantEndpoint, c tenant
 			Reason: fmt.Sprintf("skipped: %d connections > max_connections %d - %d - the poolers' %d", c.Clients(), tb.maxConns, directReserve, tb.maxConns-directReserve-tb.directCap)}
 	}
 	for attempt := 0; ; attempt++ {
+		tb.settle(ctx)
 		r := tb.measureCase(ctx, ep, c, round)
 		if r.Status != "ok" || tb.opts.maxForeign <= 0 || r.ForeignPct <= tb.opts.maxForeign ||
 			attempt >= tb.opts.foreignRetries || ctx.Err() != nil {
@@ -694,7 +723,7 @@ func (tb *tenantBench) measureCase(ctx context.Context, ep *tenantEndpoint, c te
 	if sess0 >= 0 && sess1 >= 0 {
 		r.Logins = sess1 - sess0
 	}
-	r.ConnectTime = res.ConnectTime
+	r.ConnectTime, r.Elapsed = res.ConnectTime, res.Elapsed
 	r.Txns, r.Errors, r.Wrong = res.total()
 	r.FirstWrong = res.FirstWrong
 	secs := res.Elapsed.Seconds()

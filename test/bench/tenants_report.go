@@ -56,6 +56,8 @@ type tenantSummary struct {
 	PGCPU     float64
 	Logins    float64
 	HasLogins bool
+	// LoginRate is the median of the rounds' logins per second.
+	LoginRate float64
 	Errors    int64
 	Wrong     int64
 	// Rounds holds each round's TPS, "failed" or "n/a".
@@ -85,7 +87,7 @@ func (r *tenantReport) summarize() {
 	for _, c := range r.Cases {
 		for _, e := range r.Endpoints {
 			row := tenantSummary{Case: c.Name, Endpoint: e}
-			var tps, p50, p99, tmin, tmed, tmax, cpu, pg, logins, foreign, xs, xp []float64
+			var tps, p50, p99, tmin, tmed, tmax, cpu, pg, logins, rates, foreign, xs, xp []float64
 			for round := 1; round <= r.Options.repeats; round++ {
 				run, ok := byKey[key{c.Name, e, round}]
 				switch {
@@ -130,6 +132,9 @@ func (r *tenantReport) summarize() {
 				}
 				if run.Logins >= 0 {
 					logins = append(logins, float64(run.Logins))
+					if run.Elapsed > 0 {
+						rates = append(rates, float64(run.Logins)/run.Elapsed.Seconds())
+					}
 				}
 				if base, ok := okTPS(baselineCase, roleEndpoint, round); ok {
 					xs = append(xs, run.TPS/base)
@@ -156,6 +161,9 @@ func (r *tenantReport) summarize() {
 			}
 			if len(logins) > 0 {
 				row.Logins, row.HasLogins = median(logins), true
+				if len(rates) > 0 {
+					row.LoginRate = median(rates)
+				}
 			}
 			if len(foreign) > 0 {
 				row.ForeignPct = median(foreign)
@@ -217,6 +225,9 @@ func (row tenantSummary) cells() []string {
 	}
 	if row.HasLogins {
 		logins = strconv.FormatFloat(row.Logins, 'f', 0, 64)
+		if row.Logins > 0 && row.LoginRate > 0 {
+			logins += fmt.Sprintf(" (%.1f/s)", row.LoginRate)
+		}
 	}
 	errs := strconv.FormatInt(row.Errors, 10)
 	if row.Wrong > 0 {
@@ -240,7 +251,7 @@ var tenantLegend = []string{
 	"tenant TPS: each tenant's transactions over the window, for the tenants that had clients: the smallest, the median and the largest (fairness; medians over rounds). PgBouncer's clients all log in as one role: its tenants are nominal.",
 	"proxy CPU us/txn: the endpoint process's CPU time over the window per transaction: the in-process proxy's getrusage(RUSAGE_SELF) (the load generator runs in a child process and does not count), PgBouncer's utime+stime (10 ms ticks); none for direct.",
 	"PG CPU us/txn: the PostgreSQL cluster's CPU time over the window per transaction (the postmaster, its reaped and live children).",
-	"backend logins: new PostgreSQL sessions during the window (pg_stat_database.sessions delta): server connections the pooler opened (and PostgreSQL authenticated) while the clients ran.",
+	"backend logins: new PostgreSQL sessions during the window (pg_stat_database.sessions delta): server connections the pooler opened (and PostgreSQL authenticated) while the clients ran; in parentheses per second of the window.",
 	"errors: failed transactions in the windows of all rounds; wrong: transactions that did not return the tenant's one expected row.",
 	"foreign %: median share of all CPUs used during the windows by processes outside the benchmark; rounds above 10% are marked *.",
 }
