@@ -96,7 +96,7 @@ func main() {
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.DurationVar(&o.duration, "duration", o.duration, "length of one pgbench run (whole seconds, pgbench -T)")
 	fs.IntVar(&o.repeats, "repeats", o.repeats, "interleaved rounds per workload")
-	fs.DurationVar(&o.warmup, "warmup", o.warmup, "warm-up per endpoint before measuring (0 = none)")
+	fs.DurationVar(&o.warmup, "warmup", o.warmup, "warm-up per endpoint before measuring (0 = none); with -tenants before every run, its clients connected")
 	fs.IntVar(&o.scale, "scale", o.scale, "pgbench scale factor (pgbench -i -s)")
 	fs.StringVar(&o.workloads, "workloads", "", "comma-separated workloads, or \"all\" (default: every workload but tpcb-c8): "+strings.Join(workloadNames(), ", "))
 	fs.StringVar(&o.endpoints, "endpoints", "", "comma-separated endpoints (default all): "+strings.Join(endpointNames(), ", "))
@@ -124,13 +124,6 @@ func main() {
 	if fs.NArg() > 0 {
 		fmt.Fprintf(os.Stderr, "bench: unexpected argument %q\n", fs.Arg(0))
 		os.Exit(2)
-	}
-	if o.tenantMode {
-		warmupSet := false
-		fs.Visit(func(f *flag.Flag) { warmupSet = warmupSet || f.Name == "warmup" })
-		if !warmupSet {
-			o.warmup = defaultTenantWarmup
-		}
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
 	var err error

@@ -56,7 +56,6 @@ const (
 const (
 	defaultTenantCases     = "single,T200xC2,T1000xC1,zipf"
 	defaultTenantEndpoints = "vitalproxy-role,vitalproxy-context,pgbouncer,direct"
-	defaultTenantWarmup    = time.Second
 )
 
 // tenantEndpointNames are the endpoints of the many-tenants mode, in the

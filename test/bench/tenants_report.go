@@ -187,10 +187,10 @@ func (r *tenantReport) summarize() {
 		}
 		var parts []string
 		if row.XSingle.N > 0 && !(row.Case == baselineCase && row.Endpoint == roleEndpoint) {
-			parts = append(parts, fmt.Sprintf("%.2f of one tenant's throughput (%s %s)", row.XSingle.Med, roleEndpoint, baselineCase))
+			parts = append(parts, fmt.Sprintf("%.3f of one tenant's throughput (%s %s)", row.XSingle.Med, roleEndpoint, baselineCase))
 		}
 		if row.XPeer.N > 0 {
-			parts = append(parts, fmt.Sprintf("%.2f of PgBouncer's in the same case", row.XPeer.Med))
+			parts = append(parts, fmt.Sprintf("%.3f of PgBouncer's in the same case", row.XPeer.Med))
 		}
 		if len(parts) > 0 {
 			r.Key = append(r.Key, fmt.Sprintf("%s %s runs at %s", row.Endpoint, row.Case, strings.Join(parts, " and ")))
@@ -245,9 +245,9 @@ func (row tenantSummary) cells() []string {
 
 // tenantLegend explains the columns.
 var tenantLegend = []string{
-	"TPS: transactions completed inside the measured window (started and ended in it) over its length, all clients together; the median over the rounds.",
+	"TPS: transactions completed inside the measured window over its length, all clients together; the median over the rounds.",
 	"x role single: median of the per-round ratios to vitalproxy-role's TPS in the single case of the same round (rounds are interleaved: round > case > endpoint), i.e. what share of one tenant's throughput the case gets; x PgBouncer: the same against pgbouncer in the same case.",
-	"p50 / p99 ms: latency percentiles of every transaction of the window (median over rounds).",
+	"p50 / p99 ms: latency percentiles of the transactions completed in the window, queueing for a server connection included (median over rounds).",
 	"tenant TPS: each tenant's transactions over the window, for the tenants that had clients: the smallest, the median and the largest (fairness; medians over rounds). PgBouncer's clients all log in as one role: its tenants are nominal.",
 	"proxy CPU us/txn: the endpoint process's CPU time over the window per transaction: the in-process proxy's getrusage(RUSAGE_SELF) (the load generator runs in a child process and does not count), PgBouncer's utime+stime (10 ms ticks); none for direct.",
 	"PG CPU us/txn: the PostgreSQL cluster's CPU time over the window per transaction (the postmaster, its reaped and live children).",

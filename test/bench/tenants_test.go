@@ -222,7 +222,7 @@ func TestTenantSummary(t *testing.T) {
 		t.Errorf("direct row %+v", d)
 	}
 	md := rep.markdown()
-	for _, want := range []string{"### single", "### T2xC1", "| vitalproxy-context | 100 | 0.700 (0.60..0.80) | 0.800 |", "vitalproxy-context T2xC1 runs at 0.70 of one tenant's throughput"} {
+	for _, want := range []string{"### single", "### T2xC1", "| vitalproxy-context | 100 | 0.700 (0.60..0.80) | 0.800 |", "vitalproxy-context T2xC1 runs at 0.700 of one tenant's throughput"} {
 		if !strings.Contains(md, want) {
 			t.Errorf("markdown lacks %q:\n%s", want, md)
 		}
