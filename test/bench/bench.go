@@ -66,6 +66,9 @@ type bench struct {
 	// endpoints.
 	postmaster int
 	eps        []*endpoint
+	// pgbouncerClients raises PgBouncer's max_client_conn above its 1000
+	// when more clients connect at once.
+	pgbouncerClients int
 }
 
 // runResult is one pgbench run of one workload against one endpoint.
@@ -466,8 +469,8 @@ func (b *bench) close() {
 	}
 }
 
-// environment describes the machine and the run.
-func (b *bench) environment() []string {
+// environmentHost describes the machine.
+func (b *bench) environmentHost() string {
 	cpu := "unknown CPU"
 	if data, err := os.ReadFile("/proc/cpuinfo"); err == nil {
 		for _, l := range strings.Split(string(data), "\n") {
@@ -479,6 +482,11 @@ func (b *bench) environment() []string {
 			}
 		}
 	}
+	return fmt.Sprintf("host: %s/%s, %d CPUs (%s), %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpu, runtime.Version())
+}
+
+// environment describes the machine and the run.
+func (b *bench) environment() []string {
 	version := func(bin string) string {
 		out, err := exec.Command(bin, "--version").Output()
 		if err != nil {
@@ -487,7 +495,7 @@ func (b *bench) environment() []string {
 		return strings.TrimSpace(strings.SplitN(string(out), "\n", 2)[0])
 	}
 	env := []string{
-		fmt.Sprintf("host: %s/%s, %d CPUs (%s), %s", runtime.GOOS, runtime.GOARCH, runtime.NumCPU(), cpu, runtime.Version()),
+		b.environmentHost(),
 		fmt.Sprintf("postgres: %s; pgbench: %s", version(filepath.Join(b.cluster.BinDir, "postgres")), version(b.pgbench)),
 	}
 	if bin := findPgBouncer(b.opts.pgbouncer); bin != "" {

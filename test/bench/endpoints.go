@@ -126,12 +126,46 @@ func startDirect(_ context.Context, b *bench) (*endpoint, error) {
 // startProxy runs the proxy in-process with one config user, "bench",
 // mapped to tenant. Its goroutines carry the pprof label endpoint=<name>.
 func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endpoint, error) {
-	cfg, err := config.Load(config.Options{})
+	cfg, err := proxyBaseConfig(b, "")
 	if err != nil {
 		return nil, fmt.Errorf("%s: default config: %w", name, err)
 	}
 	password := randomHex(16)
 	verifier, err := auth.NewSCRAMVerifier(password)
+	if err != nil {
+		return nil, err
+	}
+	cfg.Pool.Mode = mode
+	pool := 0
+	if mode == "transaction" {
+		pool = b.opts.txPool
+		cfg.Pool.MaxServerConnsPerTenant = pool
+		if cfg.Pool.MaxServerConns < pool {
+			cfg.Pool.MaxServerConns = pool
+		}
+	}
+	cfg.Users = []config.User{{Name: "bench", Password: config.Secret(verifier), Tenant: tenant, PoolMode: mode}}
+	ep, err := serveProxy(ctx, b, name, cfg, mode != "session")
+	if err != nil {
+		return nil, err
+	}
+	ep.user, ep.password, ep.pool = "bench", password, pool
+	ep.role = auth.RoleName(rolePrefix, tenant, auth.ReadWrite)
+	if mode == "transaction" {
+		if err := probeTxMode(ctx, ep); err != nil {
+			ep.stop()
+			return nil, &skipError{reason: fmt.Sprintf("%s: skipped: %s", name, oneLine(err))}
+		}
+	}
+	return ep, nil
+}
+
+// proxyBaseConfig loads the configuration (from file when not "", else the
+// defaults) and points it at the benchmark's cluster: tenants log in
+// upstream as their own roles, clients on a free loopback port, no TLS, no
+// metrics listener, no users or tenant overrides yet.
+func proxyBaseConfig(b *bench, file string) (*config.Config, error) {
+	cfg, err := config.Load(config.Options{File: file})
 	if err != nil {
 		return nil, err
 	}
@@ -153,18 +187,19 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 	cfg.Auth.Methods = []string{"scram-sha-256"}
 	cfg.Log.Level = b.opts.proxyLogLevel
 	cfg.Limits.ShutdownTimeout = 2 * time.Second
-	cfg.Pool.Mode = mode
-	pool := 0
-	if mode == "transaction" {
-		pool = b.opts.txPool
-		cfg.Pool.MaxServerConnsPerTenant = pool
-		if cfg.Pool.MaxServerConns < pool {
-			cfg.Pool.MaxServerConns = pool
-		}
-	}
-	cfg.Users = []config.User{{Name: "bench", Password: config.Secret(verifier), Tenant: tenant, PoolMode: mode}}
+	cfg.Users = nil
 	cfg.Tenants = nil
 	cfg.File = ""
+	return cfg, nil
+}
+
+// serveProxy runs the proxy configured by cfg in-process until the
+// endpoint's stop. Its goroutines carry the pprof label endpoint=<name>.
+// A refused configuration is a *skipError; so is a proxy that fails to
+// start when skippable. The caller fills in the endpoint's user, password,
+// role and pool.
+func serveProxy(ctx context.Context, b *bench, name string, cfg *config.Config, skippable bool) (*endpoint, error) {
+	mode := cfg.Pool.Mode
 	if err := cfg.Validate(); err != nil {
 		return nil, &skipError{reason: fmt.Sprintf("%s: config refused: %s", name, oneLine(err))}
 	}
@@ -173,7 +208,7 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 	logger := slog.New(slog.NewTextHandler(b.stderr, &slog.HandlerOptions{Level: level})).With("endpoint", name)
 	srv, err := proxy.New(cfg, logger, proxy.WithDirectoryRefresh(0), proxy.WithConfigPoll(0))
 	if err != nil {
-		if mode != "session" {
+		if skippable {
 			return nil, &skipError{reason: fmt.Sprintf("%s: the proxy refused pool.mode %s: %s", name, mode, oneLine(err))}
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -188,7 +223,7 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 		if err == nil {
 			err = errors.New("stopped before it was ready")
 		}
-		if mode != "session" {
+		if skippable {
 			return nil, &skipError{reason: fmt.Sprintf("%s: the proxy did not start with pool.mode %s: %s", name, mode, oneLine(err))}
 		}
 		return nil, fmt.Errorf("%s: %w", name, err)
@@ -203,23 +238,15 @@ func startProxy(ctx context.Context, b *bench, name, mode, tenant string) (*endp
 		<-done
 		return nil, fmt.Errorf("%s: no TCP address", name)
 	}
-	ep := &endpoint{name: name, kind: "vitalproxy", mode: mode, host: "127.0.0.1", port: ta.Port,
-		user: "bench", password: password, db: b.db, pool: pool, cpu: selfCPU, pid: os.Getpid(),
-		role: auth.RoleName(rolePrefix, tenant, auth.ReadWrite),
+	return &endpoint{name: name, kind: "vitalproxy", mode: mode, host: "127.0.0.1", port: ta.Port,
+		db: b.db, cpu: selfCPU, pid: os.Getpid(),
 		stop: func() {
 			cancel()
 			select {
 			case <-done:
 			case <-time.After(10 * time.Second):
 			}
-		}}
-	if mode == "transaction" {
-		if err := probeTxMode(ctx, ep); err != nil {
-			ep.stop()
-			return nil, &skipError{reason: fmt.Sprintf("%s: skipped: %s", name, oneLine(err))}
-		}
-	}
-	return ep, nil
+		}}, nil
 }
 
 // probeTxMode checks that a transaction-mode endpoint serves more clients
@@ -377,7 +404,7 @@ unix_socket_dir =
 auth_type = scram-sha-256
 auth_file = %s
 pool_mode = %s
-max_client_conn = 1000
+max_client_conn = %d
 default_pool_size = %d
 min_pool_size = 0
 reserve_pool_size = 0
@@ -390,7 +417,7 @@ log_connections = 0
 log_disconnections = 0
 log_pooler_errors = 1
 stats_period = 60
-%s`, b.db, b.cluster.Host, b.cluster.Port, b.db, port, userlist, mode, pool, prepared),
+%s`, b.db, b.cluster.Host, b.cluster.Port, b.db, port, userlist, mode, max(1000, b.pgbouncerClients), pool, prepared),
 	}
 	for path, content := range files {
 		if err := os.WriteFile(path, []byte(content), 0o600); err != nil {

@@ -20,6 +20,13 @@
 // Usage:
 //
 //	go run ./test/bench [-duration 10s] [-repeats 3] [-workloads LIST] [-endpoints LIST] [-out FILE.md]
+//
+// With -tenants it measures many tenants sharing one server-connection
+// budget instead (see tenants.go):
+//
+//	go run ./test/bench -tenants [-cases single,T200xC2,T1000xC1,zipf] [-budget 40]
+//	    [-protocol extended|simple] [-duration 10s] [-repeats 3]
+//	    [-tenant-endpoints vitalproxy-role,vitalproxy-context,pgbouncer,direct] [-out FILE.md]
 package main
 
 import (
@@ -52,6 +59,14 @@ type options struct {
 	// other processes disturbed.
 	maxForeign     float64
 	foreignRetries int
+
+	// The many-tenants mode (-tenants).
+	tenantMode      bool
+	cases           string
+	budget          int
+	protocol        string
+	tenantQuery     string
+	tenantEndpoints string
 }
 
 func defaultOptions() options {
@@ -64,15 +79,24 @@ func defaultOptions() options {
 		txPool:         20,
 		proxyLogLevel:  "warn",
 		foreignRetries: 2,
+
+		cases:           defaultTenantCases,
+		budget:          40,
+		protocol:        "extended",
+		tenantQuery:     "point",
+		tenantEndpoints: defaultTenantEndpoints,
 	}
 }
 
 func main() {
+	if os.Getenv(loadgenEnv) == "1" {
+		os.Exit(loadgenMain(os.Stdin, os.Stdout))
+	}
 	o := defaultOptions()
 	fs := flag.NewFlagSet("bench", flag.ContinueOnError)
 	fs.DurationVar(&o.duration, "duration", o.duration, "length of one pgbench run (whole seconds, pgbench -T)")
 	fs.IntVar(&o.repeats, "repeats", o.repeats, "interleaved rounds per workload")
-	fs.DurationVar(&o.warmup, "warmup", o.warmup, "warm-up per endpoint before measuring (0 = none)")
+	fs.DurationVar(&o.warmup, "warmup", o.warmup, "warm-up per endpoint before measuring (0 = none); with -tenants before every run, its clients connected")
 	fs.IntVar(&o.scale, "scale", o.scale, "pgbench scale factor (pgbench -i -s)")
 	fs.StringVar(&o.workloads, "workloads", "", "comma-separated workloads, or \"all\" (default: every workload but tpcb-c8): "+strings.Join(workloadNames(), ", "))
 	fs.StringVar(&o.endpoints, "endpoints", "", "comma-separated endpoints (default all): "+strings.Join(endpointNames(), ", "))
@@ -84,6 +108,12 @@ func main() {
 	fs.StringVar(&o.proxyLogLevel, "proxy-log-level", o.proxyLogLevel, "log level of the in-process proxy (debug, info, warn, error)")
 	fs.Float64Var(&o.maxForeign, "max-foreign", 0, "on a shared machine: redo a run when processes outside the benchmark used more than this percent of all CPUs (0 = off)")
 	fs.IntVar(&o.foreignRetries, "foreign-retries", o.foreignRetries, "how often -max-foreign redoes one run")
+	fs.BoolVar(&o.tenantMode, "tenants", false, "many-tenants mode: tenants sharing one server-connection budget (the flags below; -duration, -repeats, -warmup, -out, -pgbouncer and -max-foreign apply too)")
+	fs.StringVar(&o.cases, "cases", o.cases, "-tenants: comma-separated cases: single (1 tenant x 40 clients), TxC (T tenants x C clients each, e.g. T200xC2), zipf (400 clients over 200 tenants, Zipf s=1.1)")
+	fs.IntVar(&o.budget, "budget", o.budget, "-tenants: server connections the poolers share among all tenants (vitalproxy pool.max_server_conns, PgBouncer default_pool_size)")
+	fs.StringVar(&o.protocol, "protocol", o.protocol, "-tenants: extended (a prepared statement) or simple")
+	fs.StringVar(&o.tenantQuery, "tenant-query", o.tenantQuery, "-tenants: point (select one of the tenant's agents by id) or count (count(*) of the agents the tenant sees)")
+	fs.StringVar(&o.tenantEndpoints, "tenant-endpoints", o.tenantEndpoints, "-tenants: comma-separated endpoints: "+strings.Join(tenantEndpointNames, ", "))
 	fs.SetOutput(os.Stderr)
 	if err := fs.Parse(os.Args[1:]); err != nil {
 		if err == flag.ErrHelp {
@@ -96,7 +126,12 @@ func main() {
 		os.Exit(2)
 	}
 	ctx, stop := signal.NotifyContext(context.Background(), os.Interrupt, syscall.SIGTERM)
-	_, err := run(ctx, o, os.Stdout, os.Stderr)
+	var err error
+	if o.tenantMode {
+		_, err = runTenants(ctx, o, os.Stdout, os.Stderr)
+	} else {
+		_, err = run(ctx, o, os.Stdout, os.Stderr)
+	}
 	stop()
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "bench:", oneLine(err))
