@@ -262,13 +262,12 @@ func (p *Pool) lend(k *keyPool, b *Backend, key Key) {
 
 // unlend undoes lend (and the slot counted for a dial). Caller holds mu.
 func (p *Pool) unlend(k *keyPool, b *Backend) {
-	if t := b.Key.Tenant; t != "" || b.Key.Shared {
-		if p.perTen[t]--; p.perTen[t] <= 0 {
-			delete(p.perTen, t)
-		}
-		if u := k.uses[t]; u != nil {
-			u.lent--
-		}
+	t := b.Key.Tenant
+	if p.perTen[t]--; p.perTen[t] <= 0 {
+		delete(p.perTen, t)
+	}
+	if u := k.uses[t]; u != nil {
+		u.lent--
 	}
 	b.Key = k.key
 }
