@@ -145,7 +145,8 @@ func proxyUsers(fx *fixture) (map[string]proxyUser, []config.User, error) {
 	return users, cfgUsers, nil
 }
 
-// startProxy runs a proxy in-process on 127.0.0.1:0 in the given pool mode
+// startProxy runs a proxy in-process on 127.0.0.1:0 in the given mode (a pool
+// mode, or "context": transaction mode with isolation.mode context)
 // until the test ends and returns a dialer for it.
 func startProxy(t *testing.T, fx *fixture, poolMode string) *proxyDialer {
 	t.Helper()
@@ -169,6 +170,13 @@ func startProxy(t *testing.T, fx *fixture, poolMode string) *proxyDialer {
 	cfg.RolePrefix = rolePrefix
 	cfg.Users = cfgUsers
 	cfg.Pool.Mode = poolMode
+	if poolMode == "context" {
+		// Two shared backends: the attacker's and the victim's transactions
+		// take turns on them, so every switch between tenants is exercised.
+		cfg.Pool.Mode = "transaction"
+		cfg.Isolation.Mode = config.IsolationContext
+		cfg.Pool.MaxServerConns = 2
+	}
 	cfg.Limits.ShutdownTimeout = 5 * time.Second
 	cfg.Limits.StartupTimeout = 20 * time.Second
 

@@ -466,7 +466,7 @@ func runSuite(t *testing.T, fx *fixture, d Dialer, pd *proxyDialer, via string, 
 				t.Fatalf("baseline: %v", err)
 			}
 			for _, c := range cases {
-				if why, ok := sessionOnlyCases[c.name]; ok && strings.HasSuffix(via, "/transaction") {
+				if why, ok := sessionOnlyCases[c.name]; ok && (strings.HasSuffix(via, "/transaction") || strings.HasSuffix(via, "/context")) {
 					t.Logf("%s/%s: not applicable in transaction mode (session-mode feature: %s)", c.category, c.name, why)
 					continue
 				}
@@ -649,8 +649,10 @@ func TestIsolationDirect(t *testing.T) {
 	runSuite(t, fx, directDialer{fx: fx}, nil, "direct", sqlCases())
 }
 
-// proxyModes are the pool modes the suite runs the proxy in.
-var proxyModes = []string{"session", "transaction"}
+// proxyModes are the modes the suite runs the proxy in: the two pool modes,
+// and transaction mode with isolation.mode context, where the attacker's and
+// the victim's transactions take turns on the same few shared backends.
+var proxyModes = []string{"session", "transaction", "context"}
 
 // TestIsolationProxy runs every case, SQL-level and proxy-level, through an
 // in-process proxy.
