@@ -535,12 +535,15 @@ func (c *Client) commandTag(st *serverState, a int) {
 		st.dirty = true
 		c.dirtyAttach = true
 		clear(st.stmts)
+		st.enterReady = false
 	case actionDeallocateAll:
 		clear(st.stmts)
+		st.enterReady = false
 	case actionDeallocate:
 		for _, ss := range st.stmts {
 			ss.state = stmtUnknown
 		}
+		st.enterReady = false
 	case actionListen, actionSessionState:
 		st.discard = true
 	}

@@ -23,6 +23,8 @@ func contextCases() []attackCase {
 		{name: "set-privileged-settings", category: "context", level: levelSQL, run: caseSetPrivileged},
 		{name: "reset-all-discard-all", category: "context", level: levelSQL, run: caseResetDiscard},
 		{name: "set-tenant-context-victim", category: "context", level: levelSQL, run: caseSetTenantContext},
+		{name: "forge-or-replay-signed-context", category: "context", level: levelSQL, run: caseForgeContext},
+		{name: "state-left-on-a-shared-backend", category: "context", level: levelSQL, run: caseSharedBackendState},
 		{name: "do-block-dynamic-sql", category: "context", level: levelSQL, run: caseDoBlock},
 		{name: "create-function-with-set-clause", category: "context", level: levelSQL, run: caseCreateFunction},
 		{name: "pg-temp-security-definer", category: "context", level: levelSQL, run: casePgTempDefiner},
@@ -192,6 +194,129 @@ func caseSetTenantContext(ctx context.Context, e *env) error {
 	return f.result()
 }
 
+// notVictim checks that conn's session has not become the victim's: its
+// tenant is not the victim's and it reads none of the victim's markers.
+// (A session left without any tenant is not an open path.)
+func (e *env) notVictim(ctx context.Context, conn *pgx.Conn) error {
+	tid, err := scalar[*string](ctx, conn, "SELECT public.current_tenant_id()::text")
+	if err != nil {
+		return fmt.Errorf("check tenant: %w", err)
+	}
+	if tid != nil && *tid == e.vic.id {
+		return open("current_tenant_id() is the victim's tenant")
+	}
+	text, err := e.sweep(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if leaked := containsAny(text, e.vic.markers()); len(leaked) > 0 {
+		return open("the attacker read the victim's markers %v: %s", leaked, linesWith(text, leaked))
+	}
+	return nil
+}
+
+// caseForgeContext tries to pass for the victim with the signed context of
+// isolation mode context (vital.tenant_context, enter_tenant_context):
+// forged from the victim's id and the attacker's own signature, with a
+// made-up signature, or replayed after a switch. In role mode the setting
+// is ignored; in context mode the database verifies it against this
+// backend and role. Each attempt runs inside one transaction, so that the
+// setting is in force on the backend the checks run on.
+func caseForgeContext(ctx context.Context, e *env) error {
+	conn, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	var own string
+	if err := inTx(ctx, conn, func() error {
+		v, err := scalar[string](ctx, conn, "SELECT coalesce(current_setting('vital.tenant_context', true), '')")
+		own = v
+		return err
+	}); err != nil {
+		return err
+	}
+	if e.sharedBackends() && !strings.HasPrefix(own, e.atk.id+":") {
+		return fmt.Errorf("positive control: the attacker's session carries no signed context of its own (%q)", own)
+	}
+	mac := strings.Repeat("0", 64)
+	if i := strings.IndexByte(own, ':'); i >= 0 {
+		mac = own[i+1:]
+	}
+	forged := []string{
+		e.vic.id + ":" + mac,
+		e.vic.id + ":" + strings.Repeat("ab", 32),
+		e.vic.id + ":" + strings.ToUpper(mac),
+		e.vic.id,
+		e.vic.id + ":" + mac + ":" + mac,
+		" " + e.vic.id + ":" + mac,
+	}
+	var f findings
+	for _, v := range forged {
+		for _, how := range []string{
+			"SELECT set_config('vital.tenant_context', $1, false)",
+			"SELECT set_config('vital.tenant_context', $1, true)",
+			"SELECT public.enter_tenant_context($1)",
+		} {
+			err := inTx(ctx, conn, func() error {
+				if _, err := conn.Exec(ctx, "SAVEPOINT iso_forge"); err != nil {
+					return err
+				}
+				if _, err := conn.Exec(ctx, how, v); err != nil {
+					if st := sqlState(err); st != "42501" && st != "22023" {
+						return fmt.Errorf("%s: %w", how, err)
+					}
+					if _, err := conn.Exec(ctx, "ROLLBACK TO SAVEPOINT iso_forge"); err != nil {
+						return err
+					}
+				}
+				return f.addErr(e.notVictim(ctx, conn))
+			})
+			if err != nil {
+				return err
+			}
+		}
+	}
+	// Afterwards the attacker's own sessions still work as itself.
+	if err := f.addErr(e.checkTenant(ctx, conn)); err != nil {
+		return err
+	}
+	return f.result()
+}
+
+// caseSharedBackendState has the victim leave session state (a custom
+// setting holding its marker, set with session scope) on whatever backends
+// serve it, then reads that setting in the attacker's transactions, several
+// times, so that in context mode they run on backends the victim used.
+func caseSharedBackendState(ctx context.Context, e *env) error {
+	vc, err := e.victim(ctx)
+	if err != nil {
+		return err
+	}
+	ac, err := e.attacker(ctx)
+	if err != nil {
+		return err
+	}
+	marker := e.vic.markers()[0]
+	var f findings
+	for range 6 {
+		if _, err := vc.Exec(ctx, "SELECT set_config('iso.left_behind', $1, false)", marker); err != nil {
+			return err
+		}
+		got, err := scalar[string](ctx, ac, "SELECT coalesce(current_setting('iso.left_behind', true), '')")
+		if err != nil {
+			return err
+		}
+		if strings.Contains(got, marker) {
+			f.add("the attacker read a setting the victim left on a backend: %q", got)
+			break
+		}
+	}
+	if err := f.addErr(e.checkTenant(ctx, ac)); err != nil {
+		return err
+	}
+	return f.result()
+}
+
 func caseDoBlock(ctx context.Context, e *env) error {
 	conn, err := e.attacker(ctx)
 	if err != nil {
@@ -307,7 +432,7 @@ func casePgTempDefiner(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if owner != e.atk.role("rw") {
+	if owner != e.sessionRole(e.atk, "rw") {
 		f.add("a temporary function belongs to %s, not the attacker", owner)
 	}
 	out, err := queryText(ctx, conn, "SELECT * FROM pg_temp.iso_def()")
@@ -721,12 +846,13 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
+	role := e.sessionRole(e.atk, "rw")
 	defer func() {
 		ctx, cancel := context.WithTimeout(context.WithoutCancel(ctx), 10*time.Second)
 		defer cancel()
 		if a, err := e.admin(ctx); err == nil {
-			_, _ = a.Exec(ctx, "ALTER ROLE "+e.atk.role("rw")+" RESET ALL")
-			_, _ = a.Exec(ctx, "ALTER ROLE "+e.atk.role("rw")+" IN DATABASE "+e.fx.db+" RESET ALL")
+			_, _ = a.Exec(ctx, "ALTER ROLE "+role+" RESET ALL")
+			_, _ = a.Exec(ctx, "ALTER ROLE "+role+" IN DATABASE "+e.fx.db+" RESET ALL")
 		}
 	}()
 	v := quoteLit(e.vic.id)
@@ -756,7 +882,7 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	if err := f.addErr(denied(ctx, conn, "ALTER ROLE "+e.atk.role("rw")+" RENAME TO iso_renamed", "42501", "0A000")); err != nil {
+	if err := f.addErr(denied(ctx, conn, "ALTER ROLE "+role+" RENAME TO iso_renamed", "42501", "0A000")); err != nil {
 		return err
 	}
 	// Allowed for every role: its own defaults. They may only affect the
@@ -779,17 +905,26 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	}
 	// A new login picks the defaults up. It logs in directly: through the
 	// proxy it would leave a pooled backend carrying them (see the report).
-	role := e.atk.role("rw")
 	fresh, err := connectURL(ctx, e.fx.c.URLFor(role, e.fx.rolePassword(role), e.fx.db))
 	if err != nil {
 		return fmt.Errorf("attacker login after ALTER ROLE self: %w", err)
 	}
 	defer fresh.Close(context.WithoutCancel(ctx))
-	if err := f.addErr(e.checkTenant(ctx, fresh)); err != nil {
-		return err
-	}
-	if err := f.addErr(e.onlyOwn(ctx, fresh)); err != nil {
-		return err
+	if e.sharedBackends() {
+		// The pooled role's login has no tenant until the proxy enters one;
+		// the proxy refuses such a login while the defaults are there.
+		e.note("in context mode the defaults sit on the pooled role shared by every tenant: the proxy refuses " +
+			"new shared backends while they exist (a denial of service, no data crosses) until tenant sync removes them")
+		if err := f.addErr(e.noTenant(ctx, fresh)); err != nil {
+			return err
+		}
+	} else {
+		if err := f.addErr(e.checkTenant(ctx, fresh)); err != nil {
+			return err
+		}
+		if err := f.addErr(e.onlyOwn(ctx, fresh)); err != nil {
+			return err
+		}
 	}
 	vc, err := e.victim(ctx)
 	if err != nil {
@@ -799,7 +934,7 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	if err := vc.QueryRow(ctx, "SELECT current_setting('search_path'), current_user::text, current_setting('statement_timeout')").Scan(&sp, &cu, &st); err != nil {
 		return err
 	}
-	if strings.Contains(sp, "pg_temp") || cu != e.vic.role("rw") || st == "17s" {
+	if strings.Contains(sp, "pg_temp") || cu != e.sessionRole(e.vic, "rw") || st == "17s" {
 		f.add("the victim's new session picked up the attacker's role defaults (search_path %q, current_user %s, statement_timeout %s)", sp, cu, st)
 	}
 	// A default search_path without public keeps the attacker's own role
@@ -816,7 +951,7 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	}
 	// Detected and repaired: the audit reports the defaults (names only)
 	// and tenant sync removes them.
-	if err := f.addErr(e.roleDefaultsRepaired(ctx)); err != nil {
+	if err := f.addErr(e.roleDefaultsRepaired(ctx, role)); err != nil {
 		return err
 	}
 	if _, err := conn.Exec(ctx, "ALTER ROLE CURRENT_USER RESET ALL"); err != nil {
@@ -825,16 +960,15 @@ func caseAlterRoleSelf(ctx context.Context, e *env) error {
 	return f.result()
 }
 
-// roleDefaultsRepaired checks, with the attacker's role holding role
-// defaults for every database and this one, that the audit's
+// roleDefaultsRepaired checks, with role (the attacker's session role)
+// holding role defaults for every database and this one, that the audit's
 // tenant_role_settings check fails naming the role and that tenant sync
 // removes the defaults and says so.
-func (e *env) roleDefaultsRepaired(ctx context.Context) error {
+func (e *env) roleDefaultsRepaired(ctx context.Context, role string) error {
 	a, err := e.admin(ctx)
 	if err != nil {
 		return err
 	}
-	role := e.atk.role("rw")
 	// Known defaults of both kinds on the attacker's role (what it may set
 	// itself).
 	if _, err := a.Exec(ctx, "ALTER ROLE "+role+" RESET ALL; ALTER ROLE "+role+" IN DATABASE "+e.fx.db+" RESET ALL; "+
@@ -882,7 +1016,7 @@ func caseAlterRolePassword(ctx context.Context, e *env) error {
 	if err != nil {
 		return err
 	}
-	role := e.atk.role("rw")
+	role := e.sessionRole(e.atk, "rw")
 	newPW := "iso-" + randomHex(8)
 	_, err = conn.Exec(ctx, "ALTER ROLE CURRENT_USER PASSWORD "+quoteLit(newPW))
 	if err != nil {
@@ -921,6 +1055,13 @@ func caseAlterRolePassword(ctx context.Context, e *env) error {
 	defer direct.Close(context.WithoutCancel(ctx))
 	var f findings
 	f.add("the attacker changed its own role's password and logged in to PostgreSQL directly as %s", role)
+	if e.sharedBackends() {
+		// The pooled role: no tenant without a context the proxy signed.
+		if err := f.addErr(e.noTenant(ctx, direct)); err != nil {
+			return err
+		}
+		return f.result()
+	}
 	if err := f.addErr(e.checkTenant(ctx, direct)); err != nil {
 		return err
 	}

@@ -549,8 +549,13 @@ func caseSessionState(ctx context.Context, e *env) error {
 	if err := ac.Close(ctx); err != nil {
 		return err
 	}
-	const stateSQL = `SELECT concat_ws(' ',
-		(SELECT string_agg('prepared:' || name, ' ') FROM pg_prepared_statements WHERE name LIKE 'iso%'),
+	// Pooled roles may not read pg_prepared_statements (it would show other
+	// tenants' statements); there EXECUTE tells whether the statement stayed.
+	prepared := `(SELECT string_agg('prepared:' || name, ' ') FROM pg_prepared_statements WHERE name LIKE 'iso%')`
+	if e.sharedBackends() {
+		prepared = "NULL"
+	}
+	stateSQL := `SELECT concat_ws(' ', ` + prepared + `,
 		(SELECT string_agg('listen:' || c, ' ') FROM pg_listening_channels() c),
 		(SELECT string_agg('cursor:' || name, ' ') FROM pg_cursors WHERE name <> ''),
 		(SELECT string_agg('temp:' || relname, ' ') FROM pg_class WHERE relnamespace = pg_my_temp_schema() AND relname LIKE 'iso%'),
@@ -559,6 +564,11 @@ func caseSessionState(ctx context.Context, e *env) error {
 		current_setting('application_name'), coalesce(current_setting('vital.tenant_id', true), '')`
 	var f findings
 	check := func(who string, conn *pgx.Conn, wantTenant string) error {
+		if e.sharedBackends() {
+			if err := f.addErr(denied(ctx, conn, "EXECUTE iso_state_stmt", "26000")); err != nil {
+				return err
+			}
+		}
 		var objs, sp, app, tid string
 		if err := conn.QueryRow(ctx, stateSQL).Scan(&objs, &sp, &app, &tid); err != nil {
 			return err

@@ -812,7 +812,7 @@ func casePgLocks(ctx context.Context, e *env) error {
 		return err
 	}
 	n, err := scalar[int](ctx, a, `SELECT count(*)::int FROM pg_locks l JOIN pg_stat_activity s ON s.pid = l.pid
-		WHERE s.usename = $1 AND l.relation = 'public.tools'::regclass AND l.mode = 'RowExclusiveLock'`, e.vic.role("rw"))
+		WHERE s.usename = $1 AND l.relation = 'public.tools'::regclass AND l.mode = 'RowExclusiveLock'`, e.sessionRole(e.vic, "rw"))
 	if err != nil {
 		return err
 	}
@@ -822,7 +822,7 @@ func casePgLocks(ctx context.Context, e *env) error {
 	// The attacker finds the victim's backend by its role name.
 	text, err := queryText(ctx, ac, `SELECT l.locktype, l.relation::regclass::text, l.mode
 		  FROM pg_locks l JOIN pg_stat_activity a ON a.pid = l.pid
-		 WHERE a.usename = $1 AND l.relation IS NOT NULL`, e.vic.role("rw"))
+		 WHERE a.usename = $1 AND l.relation IS NOT NULL`, e.sessionRole(e.vic, "rw"))
 	if err != nil {
 		if sqlState(err) == "42501" {
 			return nil
@@ -852,6 +852,12 @@ func caseTempTables(ctx context.Context, e *env) error {
 		return err
 	}
 	rel := nsp + ".iso_tmp"
+	codes := []string{"42501", "0A000"}
+	if e.sharedBackends() {
+		// On the victim's own backend, the switch to the attacker's
+		// tenant has dropped the table (DISCARD TEMP).
+		codes = append(codes, "42P01")
+	}
 	return inTx(ctx, ac, func() error {
 		return deniedAll(ctx, ac, []string{
 			"SELECT * FROM " + rel,
@@ -864,7 +870,7 @@ func caseTempTables(ctx context.Context, e *env) error {
 			"ALTER TABLE " + rel + " OWNER TO " + e.atk.role("rw"),
 			"LOCK TABLE " + rel,
 			"SELECT count(*) FROM pg_catalog.pg_class WHERE oid = '" + rel + "'::regclass AND pg_catalog.pg_relation_size(oid) >= 0 AND (SELECT count(*) FROM " + rel + ") >= 0",
-		}, "42501", "0A000")
+		}, codes...)
 	})
 }
 
@@ -1149,7 +1155,7 @@ func casePgStatStatements(ctx context.Context, e *env) error {
 	// Statistics are per query shape, whose text is kept from its first
 	// run: start the victim's entries afresh so the tag below is the one
 	// stored.
-	if _, err := a.Exec(ctx, "SELECT public.pg_stat_statements_reset($1::regrole::oid, 0, 0)", e.vic.role("rw")); err != nil {
+	if _, err := a.Exec(ctx, "SELECT public.pg_stat_statements_reset($1::regrole::oid, 0, 0)", e.sessionRole(e.vic, "rw")); err != nil {
 		return err
 	}
 	tag := "iso_pgss_" + randomHex(4)
@@ -1162,7 +1168,7 @@ func casePgStatStatements(ctx context.Context, e *env) error {
 		return err
 	}
 	if n == 0 {
-		dump, _ := queryText(ctx, a, "SELECT userid::regrole, dbid, calls, left(query, 120) FROM public.pg_stat_statements WHERE query LIKE '%iso_pgss%' OR userid = $1::regrole LIMIT 10", e.vic.role("rw"))
+		dump, _ := queryText(ctx, a, "SELECT userid::regrole, dbid, calls, left(query, 120) FROM public.pg_stat_statements WHERE query LIKE '%iso_pgss%' OR userid = $1::regrole LIMIT 10", e.sessionRole(e.vic, "rw"))
 		return fmt.Errorf("positive control: the victim's statement is not in pg_stat_statements: %s", oneLine(dump))
 	}
 	ac, err := e.attacker(ctx)
@@ -1170,7 +1176,7 @@ func casePgStatStatements(ctx context.Context, e *env) error {
 		return err
 	}
 	text, err := queryText(ctx, ac, `SELECT s.userid::regrole::text, s.calls, s.rows, s.query FROM public.pg_stat_statements s
-		WHERE s.userid = $1::regrole`, e.vic.role("rw"))
+		WHERE s.userid = $1::regrole`, e.sessionRole(e.vic, "rw"))
 	switch {
 	case sqlState(err) == "42501":
 		return nil

@@ -9,6 +9,8 @@ import (
 	"time"
 
 	"github.com/jackc/pgx/v5"
+
+	"github.com/vitalproxy/vitalproxy/auth"
 )
 
 // mistakeStates are SQLSTATEs that mean the probe itself is wrong (syntax,
@@ -70,6 +72,43 @@ func scalar[T any](ctx context.Context, conn *pgx.Conn, sql string, args ...any)
 	return v, err
 }
 
+// sharedBackends says the proxy runs in isolation mode context: tenants'
+// transactions share backends logged in as the pooled roles.
+func (e *env) sharedBackends() bool { return strings.HasSuffix(e.via, "/context") }
+
+// sessionRole names the role that t's sessions of capability c ("rw",
+// "ro") run as: the tenant's own role, or in context mode the pooled role.
+func (e *env) sessionRole(t *tenant, c auth.Capability) string {
+	if e.sharedBackends() {
+		return auth.PooledRoleName(rolePrefix, c)
+	}
+	return t.role(c)
+}
+
+// noTenant checks a session that no proxy has entered a tenant context in
+// (a direct login as a pooled role): it must have no tenant and see none of
+// the victim's rows.
+func (e *env) noTenant(ctx context.Context, conn *pgx.Conn) error {
+	tid, err := scalar[*string](ctx, conn, "SELECT public.current_tenant_id()::text")
+	if err != nil {
+		return fmt.Errorf("check tenant: %w", err)
+	}
+	if tid != nil {
+		if *tid == e.vic.id {
+			return open("a session without a verified context has the victim's tenant")
+		}
+		return open("a session without a verified context has tenant %s", *tid)
+	}
+	text, err := e.sweep(ctx, conn)
+	if err != nil {
+		return err
+	}
+	if leaked := containsAny(text, e.vic.markers()); len(leaked) > 0 {
+		return open("a session without a tenant read the victim's markers %v: %s", leaked, linesWith(text, leaked))
+	}
+	return nil
+}
+
 // checkTenant checks that conn's session still belongs to the attacker:
 // session_user is an attacker role and current_tenant_id() is the
 // attacker's tenant. Becoming the victim is an open path; any other
@@ -87,6 +126,9 @@ func (e *env) checkTenant(ctx context.Context, conn *pgx.Conn) error {
 		return open("session_user is the victim's role %s", su)
 	case tid == nil || *tid != e.atk.id:
 		return fmt.Errorf("positive control: current_tenant_id() = %v, want the attacker's %s", tid, e.atk.id)
+	case e.sharedBackends() && (su == auth.PooledRoleName(rolePrefix, auth.ReadWrite) || su == auth.PooledRoleName(rolePrefix, auth.ReadOnly)):
+		// Isolation mode context: a pooled role, the tenant proven by the
+		// verified context checked above.
 	case su != e.atk.role("rw") && su != e.atk.role("ro"):
 		return fmt.Errorf("positive control: session_user %s is not an attacker role", su)
 	}
