@@ -109,7 +109,7 @@ func main() {
 	fs.Float64Var(&o.maxForeign, "max-foreign", 0, "on a shared machine: redo a run when processes outside the benchmark used more than this percent of all CPUs (0 = off)")
 	fs.IntVar(&o.foreignRetries, "foreign-retries", o.foreignRetries, "how often -max-foreign redoes one run")
 	fs.BoolVar(&o.tenantMode, "tenants", false, "many-tenants mode: tenants sharing one server-connection budget (the flags below; -duration, -repeats, -warmup, -out, -pgbouncer and -max-foreign apply too)")
-	fs.StringVar(&o.cases, "cases", o.cases, "-tenants: comma-separated cases: single (1 tenant x 40 clients), TxC (T tenants x C clients each, e.g. T200xC2), zipf (400 clients over 200 tenants, Zipf s=1.1)")
+	fs.StringVar(&o.cases, "cases", o.cases, "-tenants: comma-separated cases: single (1 tenant x 400 clients), TxC (T tenants x C clients each, e.g. T200xC2), zipf (400 clients over 200 tenants, Zipf s=1.1)")
 	fs.IntVar(&o.budget, "budget", o.budget, "-tenants: server connections the poolers share among all tenants (vitalproxy pool.max_server_conns, PgBouncer default_pool_size)")
 	fs.StringVar(&o.protocol, "protocol", o.protocol, "-tenants: extended (a prepared statement) or simple")
 	fs.StringVar(&o.tenantQuery, "tenant-query", o.tenantQuery, "-tenants: point (select one of the tenant's agents by id) or count (count(*) of the agents the tenant sees)")

@@ -87,7 +87,8 @@ func (c tenantCase) ActiveTenants() int {
 
 var reTenantCase = regexp.MustCompile(`^T(\d+)xC(\d+)$`)
 
-// parseTenantCases reads -cases: single (1 tenant x 40 clients), TxC (T
+// parseTenantCases reads -cases: single (1 tenant x 400 clients: the
+// client count of T200xC2 and zipf), TxC (T
 // tenants x C clients each) and zipf (400 clients over 200 tenants, each
 // client's tenant drawn from a Zipf distribution with s=1.1, seeded so
 // every run draws the same).
@@ -106,8 +107,8 @@ func parseTenantCases(list string) ([]tenantCase, error) {
 		var c tenantCase
 		switch {
 		case name == "single":
-			c = spreadCase(name, 1, 40)
-			c.Desc = "1 tenant x 40 clients (the baseline)"
+			c = spreadCase(name, 1, 400)
+			c.Desc = "1 tenant x 400 clients (the baseline)"
 		case name == "zipf":
 			const tenants, clients = 200, 400
 			c = tenantCase{Name: name, Tenants: tenants}

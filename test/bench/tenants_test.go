@@ -115,7 +115,7 @@ func TestParseTenantCases(t *testing.T) {
 	want := []struct {
 		name             string
 		tenants, clients int
-	}{{"single", 1, 40}, {"T200xC2", 200, 400}, {"zipf", 200, 400}, {"T3xC1", 3, 3}}
+	}{{"single", 1, 400}, {"T200xC2", 200, 400}, {"zipf", 200, 400}, {"T3xC1", 3, 3}}
 	if len(cs) != len(want) {
 		t.Fatalf("got %d cases", len(cs))
 	}
