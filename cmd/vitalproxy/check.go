@@ -54,6 +54,9 @@ check; exit non-zero if any check fails. The checks:
                                   no tenant, and neither they nor PUBLIC may signal
                                   backends or read prepared statements (fix: vitalproxy
                                   migrate reapply 20251026000006, as a superuser)
+  large_objects_private           lo_compat_privileges is off in the server configuration
+                                  and in every database and role default (with it on,
+                                  every role may read and write every large object)
 
 Use a superuser connection so that every row can be read.`,
 		Args: cobra.NoArgs,

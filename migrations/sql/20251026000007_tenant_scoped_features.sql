@@ -33,7 +33,7 @@
 --     pg_read_all_stats see every session, exactly as pg_catalog shows
 --     them. The functions behind the views are SECURITY DEFINER owned by
 --     vital_owner, which joins pg_read_all_stats for them (a superuser's
---     grant; recorded, so Down takes back only what this gave).
+--     grant, cluster-wide like the group roles: Down leaves it).
 --
 -- pg_catalog comes first in name resolution unless a search_path names it:
 -- with the default search_path ("$user", public) an unqualified
@@ -213,16 +213,15 @@ REVOKE ALL ON FUNCTION public.enter_tenant_context(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.enter_tenant_context(text) TO vital_tenant;
 
 -- vital_owner reads every session's row (query text included) for the
--- definer functions below. Only a superuser may grant it.
+-- definer functions below. Only a superuser may grant it. Like the group
+-- roles, the membership is cluster-wide and stays after Down (another
+-- database's migration may rely on it).
 -- +goose StatementBegin
 DO $$
 BEGIN
     IF NOT pg_catalog.pg_has_role('vital_owner', 'pg_read_all_stats', 'MEMBER') THEN
         BEGIN
             GRANT pg_read_all_stats TO vital_owner;
-            INSERT INTO vital.migration_objects (kind, name, detail)
-            VALUES ('membership', 'pg_read_all_stats', 'vital_owner')
-            ON CONFLICT (kind, name) DO NOTHING;
         EXCEPTION WHEN insufficient_privilege THEN
             RAISE WARNING 'vital_owner was not made a member of pg_read_all_stats: only a superuser may grant it. Tenants get "permission denied" from public.pg_stat_activity until a superuser runs: vitalproxy migrate reapply 20251026000007';
         END;
@@ -311,25 +310,6 @@ DROP VIEW IF EXISTS public.pg_stat_ssl;
 DROP VIEW IF EXISTS public.pg_stat_activity;
 DROP FUNCTION IF EXISTS public.tenant_stat_ssl();
 DROP FUNCTION IF EXISTS public.tenant_stat_activity();
-
--- +goose StatementBegin
-DO $$
-BEGIN
-    IF pg_catalog.to_regclass('vital.migration_objects') IS NULL THEN
-        RETURN;
-    END IF;
-    IF EXISTS (SELECT 1 FROM vital.migration_objects
-                WHERE kind = 'membership' AND name = 'pg_read_all_stats' AND detail = 'vital_owner') THEN
-        BEGIN
-            REVOKE pg_read_all_stats FROM vital_owner;
-            DELETE FROM vital.migration_objects WHERE kind = 'membership' AND name = 'pg_read_all_stats';
-        EXCEPTION WHEN insufficient_privilege THEN
-            RAISE WARNING 'vital_owner stays a member of pg_read_all_stats: only a superuser may revoke it (REVOKE pg_read_all_stats FROM vital_owner)';
-        END;
-    END IF;
-END
-$$;
--- +goose StatementEnd
 
 -- enter_tenant_context as migration 6 defines it.
 -- +goose StatementBegin
