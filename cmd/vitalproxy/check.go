@@ -45,8 +45,9 @@ check; exit non-zero if any check fails. The checks:
                                   lock views (pg_stat_*, pg_statio_*, pg_locks), call the
                                   functions behind them or read pg_stat_statements (fix:
                                   vitalproxy migrate reapply 20251026000005, as a superuser)
-  shared_functions_revoked        PUBLIC and tenant roles may not use advisory locks or
-                                  create large objects (same fix)
+  shared_functions_revoked        PUBLIC and tenant roles may not use pg_catalog's
+                                  advisory-lock functions (tenants get public's, scoped per
+                                  tenant) or create large objects (same fix)
   tenant_role_settings            no tenant role has role defaults (ALTER ROLE ... SET),
                                   which outlive the proxy's session reset (fix:
                                   vitalproxy tenant sync)

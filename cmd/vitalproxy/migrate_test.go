@@ -85,7 +85,7 @@ func TestMigrateCommands(t *testing.T) {
 	e := newMigrateEnv(t)
 
 	out := e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " pending "); n != 7 {
+	if n := strings.Count(out, " pending "); n != 8 {
 		t.Errorf("status of a fresh database shows %d pending migrations:\n%s", n, out)
 	}
 	out = e.mustRun(t, "migrate", "up", "--dry-run")
