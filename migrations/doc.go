@@ -13,9 +13,13 @@
 //	20251026000004_seed_mvp_tenants.sql
 //	20251026000005_harden_shared_paths.sql
 //	20251026000006_pooled_tenant_context.sql
+//	20251026000007_tenant_scoped_features.sql
 //
-// The last one lets backends shared by many tenants carry a tenant context
-// the database verifies (isolation mode context).
+// The sixth lets backends shared by many tenants carry a tenant context the
+// database verifies (isolation mode context); the seventh gives tenants
+// advisory locks and their own sessions' statistics back, scoped per tenant
+// (public.pg_advisory_lock and the other advisory-lock functions,
+// public.pg_stat_activity, public.pg_stat_ssl).
 //
 // A Migrator applies and rolls them back with goose's Provider API. Each
 // migration runs in one transaction; runs are serialised by a session-level

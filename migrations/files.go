@@ -15,7 +15,7 @@ import (
 )
 
 // LatestVersion is the version of the newest embedded migration.
-const LatestVersion int64 = 20251026000006
+const LatestVersion int64 = 20251026000007
 
 //go:embed sql/*.sql
 var embedded embed.FS

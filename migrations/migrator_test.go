@@ -21,6 +21,7 @@ var allFiles = []string{
 	"20251026000004_seed_mvp_tenants.sql",
 	"20251026000005_harden_shared_paths.sql",
 	"20251026000006_pooled_tenant_context.sql",
+	"20251026000007_tenant_scoped_features.sql",
 }
 
 func reversed(s []string) []string {
@@ -380,7 +381,7 @@ func TestPlanChangesNothing(t *testing.T) {
 	}
 	steps, err = m.PlanDown(ctx)
 	last := allFiles[len(allFiles)-1]
-	if err != nil || len(steps) != 1 || steps[0].Name != last || !strings.Contains(steps[0].SQL, "TO PUBLIC") {
+	if err != nil || len(steps) != 1 || steps[0].Name != last || !strings.Contains(steps[0].SQL, "DROP VIEW IF EXISTS public.pg_stat_activity") {
 		t.Fatalf("plan down = %+v, %v", steps, err)
 	}
 	steps, err = m.PlanDownTo(ctx, 0)

@@ -45,8 +45,9 @@ check; exit non-zero if any check fails. The checks:
                                   lock views (pg_stat_*, pg_statio_*, pg_locks), call the
                                   functions behind them or read pg_stat_statements (fix:
                                   vitalproxy migrate reapply 20251026000005, as a superuser)
-  shared_functions_revoked        PUBLIC and tenant roles may not use advisory locks or
-                                  create large objects (same fix)
+  shared_functions_revoked        PUBLIC and tenant roles may not use pg_catalog's
+                                  advisory-lock functions (tenants get public's, scoped per
+                                  tenant) or create large objects (same fix)
   tenant_role_settings            no tenant role has role defaults (ALTER ROLE ... SET),
                                   which outlive the proxy's session reset (fix:
                                   vitalproxy tenant sync)
@@ -54,6 +55,9 @@ check; exit non-zero if any check fails. The checks:
                                   no tenant, and neither they nor PUBLIC may signal
                                   backends or read prepared statements (fix: vitalproxy
                                   migrate reapply 20251026000006, as a superuser)
+  large_objects_private           lo_compat_privileges is off in the server configuration
+                                  and in every database and role default (with it on,
+                                  every role may read and write every large object)
 
 Use a superuser connection so that every row can be read.`,
 		Args: cobra.NoArgs,

@@ -16,7 +16,7 @@ func TestCheckCommand(t *testing.T) {
 	}
 	e.mustRun(t, "migrate", "up")
 	out = e.mustRun(t, "check")
-	if l := lines(out); len(l) != 13 || strings.Contains(out, "FAIL") {
+	if l := lines(out); len(l) != 14 || strings.Contains(out, "FAIL") {
 		t.Errorf("check on a migrated database:\n%s", out)
 	}
 	conn, err := pgx.Connect(context.Background(), e.url)
@@ -28,7 +28,7 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _, err = runCLI(t, "check")
-	if err == nil || err.Error() != "1 of 13 checks failed" ||
+	if err == nil || err.Error() != "1 of 14 checks failed" ||
 		!strings.Contains(out, "FAIL tenant_privileges: vital_tenant_writer: table-level DELETE on agents") {
 		t.Errorf("check after GRANT DELETE: %v\n%s", err, out)
 	}
@@ -38,7 +38,7 @@ func TestCheckCommand(t *testing.T) {
 		t.Fatal(err)
 	}
 	out, _, err = runCLI(t, "check")
-	if err == nil || err.Error() != "1 of 13 checks failed" || !strings.Contains(out,
+	if err == nil || err.Error() != "1 of 14 checks failed" || !strings.Contains(out,
 		"FAIL shared_stats_private: PUBLIC: may read 1 statistics and lock views (pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005") {
 		t.Errorf("check after GRANT SELECT ON pg_stat_activity TO PUBLIC: %v\n%s", err, out)
 	}

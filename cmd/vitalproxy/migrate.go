@@ -78,7 +78,10 @@ views, advisory locks and large-object creation, which only a superuser may
 do; run by another role it says so in a warning, and a superuser finishes it
 with "vitalproxy migrate reapply 20251026000005". Migration 20251026000006
 likewise revokes signalling backends and reading prepared statements from
-PUBLIC (tenant roles keep them through vital_tenant_session).`,
+PUBLIC (tenant roles keep them through vital_tenant_session). Migration
+20251026000007 gives tenants advisory locks and their own sessions'
+statistics back, scoped per tenant (public.pg_advisory_lock and the other
+advisory-lock functions, public.pg_stat_activity, public.pg_stat_ssl).`,
 		Args: cobra.NoArgs,
 		RunE: func(cmd *cobra.Command, _ []string) error {
 			if cmd.Flags().Changed("to") && to <= 0 {
@@ -225,6 +228,11 @@ idempotent, so this only completes what the first run could not do:
                   prepared-statement views from PUBLIC only when a superuser
                   runs it. When "vitalproxy check" fails pooled_roles_safe,
                   run "vitalproxy migrate reapply 20251026000006".
+  20251026000007  makes vital_owner a member of pg_read_all_stats (for the
+                  tenant-scoped public.pg_stat_activity) only when a
+                  superuser runs it; run by another role it warns, and
+                  tenants get "permission denied" from that view until a
+                  superuser runs "vitalproxy migrate reapply 20251026000007".
 
 Refuses a migration that is pending or whose file changed since it was
 applied.`,

@@ -85,7 +85,7 @@ func TestMigrateCommands(t *testing.T) {
 	e := newMigrateEnv(t)
 
 	out := e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " pending "); n != 7 {
+	if n := strings.Count(out, " pending "); n != 8 {
 		t.Errorf("status of a fresh database shows %d pending migrations:\n%s", n, out)
 	}
 	out = e.mustRun(t, "migrate", "up", "--dry-run")
@@ -104,16 +104,17 @@ func TestMigrateCommands(t *testing.T) {
 		t.Errorf("up --to 20251026000001 printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "up")
-	if l := lines(out); len(l) != 5 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") ||
+	if l := lines(out); len(l) != 6 || !strings.HasPrefix(l[2], "applied 20251026000004_seed_mvp_tenants.sql (") ||
 		!strings.HasPrefix(l[3], "applied 20251026000005_harden_shared_paths.sql (") ||
-		!strings.HasPrefix(l[4], "applied 20251026000006_pooled_tenant_context.sql (") {
+		!strings.HasPrefix(l[4], "applied 20251026000006_pooled_tenant_context.sql (") ||
+		!strings.HasPrefix(l[5], "applied 20251026000007_tenant_scoped_features.sql (") {
 		t.Errorf("up printed:\n%s", out)
 	}
 	if out = e.mustRun(t, "migrate", "up"); !strings.Contains(out, "nothing to apply") {
 		t.Errorf("second up printed:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "status")
-	if n := strings.Count(out, " applied "); n != 7 || strings.Count(out, " ok") != 7 {
+	if n := strings.Count(out, " applied "); n != 8 || strings.Count(out, " ok") != 8 {
 		t.Errorf("status after up:\n%s", out)
 	}
 	out = e.mustRun(t, "migrate", "verify")
@@ -132,10 +133,11 @@ func TestMigrateCommands(t *testing.T) {
 	}
 
 	out = e.mustRun(t, "migrate", "down", "--dry-run")
-	if !strings.HasPrefix(out, "-- 20251026000006_pooled_tenant_context.sql (down)") || strings.Contains(out, "20251026000005_") {
+	if !strings.HasPrefix(out, "-- 20251026000007_tenant_scoped_features.sql (down)") || strings.Contains(out, "20251026000006_") {
 		t.Errorf("down --dry-run printed:\n%.300s", out)
 	}
-	if out = e.mustRun(t, "migrate", "down", "--to", "20251026000004"); !strings.HasPrefix(out, "rolled back 20251026000006_pooled_tenant_context.sql (") ||
+	if out = e.mustRun(t, "migrate", "down", "--to", "20251026000004"); !strings.HasPrefix(out, "rolled back 20251026000007_tenant_scoped_features.sql (") ||
+		!strings.Contains(out, "rolled back 20251026000006_pooled_tenant_context.sql (") ||
 		!strings.Contains(out, "rolled back 20251026000005_harden_shared_paths.sql (") {
 		t.Errorf("down printed:\n%s", out)
 	}
@@ -222,7 +224,7 @@ func TestMigrateBadInput(t *testing.T) {
 		{"missing database", e.c.URL("no_such_database"), []string{"migrate", "up"}, `database "no_such_database" does not exist`},
 		{"unreachable host", "postgres://u:" + pw + "@127.0.0.1:1/db?sslmode=disable", []string{"migrate", "status"}, "cannot connect"},
 		{"unknown --to", e.url, []string{"migrate", "up", "--to", "12345"}, "unknown migration version 12345"},
-		{"unknown down --to", e.url, []string{"migrate", "down", "--to", "20251026000007"}, "unknown migration version 20251026000007"},
+		{"unknown down --to", e.url, []string{"migrate", "down", "--to", "20251026000008"}, "unknown migration version 20251026000008"},
 		{"up --to 0", e.url, []string{"migrate", "up", "--to", "0"}, "--to must be a migration version"},
 		{"check wrong password", e.c.URLFor(e.c.User, pw, e.db), []string{"check"}, "password authentication failed"},
 		{"verify missing database", e.c.URL("no_such_database"), []string{"migrate", "verify"}, "does not exist"},

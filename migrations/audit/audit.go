@@ -97,6 +97,13 @@ const (
 	// serves many tenants those reach other tenants. Migration
 	// 20251026000006 revokes them when a superuser runs it.
 	PooledRolesSafe = "pooled_roles_safe"
+	// LargeObjectsPrivate: lo_compat_privileges is off in this session, in
+	// the server's configuration (the value a session resets to) and in
+	// every database or role default that applies to this database. With it
+	// on, PostgreSQL skips the privilege checks of large objects: every role
+	// could read and write every large object, and the reading functions
+	// (lo_open, lo_get, ...) stay granted to PUBLIC.
+	LargeObjectsPrivate = "large_objects_private"
 )
 
 // maxListed bounds how many offenders a Detail names.
@@ -144,6 +151,7 @@ func Run(ctx context.Context, conn *pgx.Conn, prefix string) ([]Check, error) {
 		{SharedFunctionsRevoked, checkSharedFunctions},
 		{TenantRoleSettings, checkTenantRoleSettings},
 		{PooledRolesSafe, checkPooledRoles},
+		{LargeObjectsPrivate, checkLargeObjects},
 	}
 	out := make([]Check, 0, len(checks))
 	for _, c := range checks {

@@ -25,7 +25,7 @@ var allChecks = []string{
 	audit.TenantRolesSafe, audit.GroupRolesSafe, audit.TenantTablesRLS, audit.TenantTablesOwner,
 	audit.ViewsSecurityInvoker, audit.DefinerSearchPath, audit.MaterializedViewsShared,
 	audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedStatsPrivate, audit.SharedFunctionsRevoked,
-	audit.TenantRoleSettings, audit.PooledRolesSafe,
+	audit.TenantRoleSettings, audit.PooledRolesSafe, audit.LargeObjectsPrivate,
 }
 
 // fixture is a migrated database with a read-write and a read-only tenant
@@ -198,7 +198,7 @@ func TestEachCheckCanFail(t *testing.T) {
 		}, []string{audit.TenantRolesSafe, audit.SharedStatsPrivate}, "member of vital_operator"},
 		{"tenant role member of the owner", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT vital_owner TO `+f.ro)
-		}, []string{audit.TenantRolesSafe, audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedFunctionsRevoked}, "member of vital_owner"},
+		}, []string{audit.TenantRolesSafe, audit.TenantPrivileges, audit.VitalSchemaPrivate, audit.SharedStatsPrivate, audit.SharedFunctionsRevoked}, "member of vital_owner"},
 		{"tenant role may create in public", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT CREATE ON SCHEMA public TO `+f.rw)
 		}, []string{audit.TenantRolesSafe}, "may CREATE in schema public"},
@@ -300,6 +300,15 @@ func TestEachCheckCanFail(t *testing.T) {
 		{"tenant role defaults in the database", func(t *testing.T, f *fixture) {
 			f.exec(t, `ALTER ROLE `+f.ro+` IN DATABASE `+f.db+` SET role = 'vital_tenant'`)
 		}, []string{audit.TenantRoleSettings}, ": role defaults for role in database "},
+		{"large-object privileges off in the database", func(t *testing.T, f *fixture) {
+			f.exec(t, `ALTER DATABASE `+f.db+` SET lo_compat_privileges = on`)
+		}, []string{audit.LargeObjectsPrivate}, "lo_compat_privileges is on in the defaults of this database (large objects are readable and writable by every role)"},
+		{"large-object privileges off for a tenant role", func(t *testing.T, f *fixture) {
+			f.exec(t, `ALTER ROLE `+f.ro+` SET lo_compat_privileges = 'true'`)
+		}, []string{audit.TenantRoleSettings, audit.LargeObjectsPrivate}, ": role defaults for lo_compat_privileges in every database"},
+		{"large-object privileges off in the session", func(t *testing.T, f *fixture) {
+			f.exec(t, `SET lo_compat_privileges = 1`)
+		}, []string{audit.LargeObjectsPrivate}, "lo_compat_privileges is on in this session"},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {

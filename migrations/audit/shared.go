@@ -170,3 +170,29 @@ func checkPooledRoles(ctx context.Context, conn *pgx.Conn, r roles) ([]string, e
 	}
 	return problems, nil
 }
+
+// checkLargeObjects: lo_compat_privileges is off wherever a tenant session
+// could get it from (only a superuser may set it).
+func checkLargeObjects(ctx context.Context, conn *pgx.Conn, _ roles) ([]string, error) {
+	return collect(ctx, conn, `
+		WITH off(v) AS (VALUES ('off'), ('of'), ('false'), ('fals'), ('fal'), ('fa'), ('f'), ('no'), ('n'), ('0'))
+		SELECT 'lo_compat_privileges is on in ' || w.what || ' (large objects are readable and writable by every role)'
+		  FROM (SELECT 'this session' AS what, pg_catalog.current_setting('lo_compat_privileges') AS v
+		        UNION ALL
+		        SELECT 'the server configuration', s.reset_val FROM pg_catalog.pg_settings s
+		         WHERE s.name = 'lo_compat_privileges'
+		        UNION ALL
+		        SELECT CASE WHEN d.setdatabase = 0 AND d.setrole = 0 THEN 'the defaults of every database'
+		                    WHEN d.setrole = 0 THEN 'the defaults of this database'
+		                    WHEN d.setdatabase = 0 THEN 'the defaults of role ' || pg_catalog.quote_ident(r.rolname::text)
+		                    ELSE 'the defaults of role ' || pg_catalog.quote_ident(r.rolname::text) || ' in this database' END,
+		               pg_catalog.substr(cfg, pg_catalog.strpos(cfg, '=') + 1)
+		          FROM pg_catalog.pg_db_role_setting d
+		          LEFT JOIN pg_catalog.pg_roles r ON r.oid = d.setrole
+		          CROSS JOIN LATERAL pg_catalog.unnest(d.setconfig) AS cfg
+		         WHERE d.setdatabase IN (0, (SELECT oid FROM pg_catalog.pg_database WHERE datname = pg_catalog.current_database()))
+		           AND pg_catalog.split_part(cfg, '=', 1) = 'lo_compat_privileges') w
+		 WHERE pg_catalog.lower(pg_catalog.btrim(w.v, ' ''"')) NOT IN (SELECT v FROM off)
+		 GROUP BY w.what
+		 ORDER BY 1`)
+}
