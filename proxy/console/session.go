@@ -425,9 +425,6 @@ func (s *session) sendResult(res *result, formats []int16, from, maxRows int) in
 	for _, n := range res.notices {
 		s.be.Send(&pgproto3.NoticeResponse{Severity: "NOTICE", SeverityUnlocalized: "NOTICE", Code: "00000", Message: n})
 	}
-	for k, v := range res.params {
-		s.be.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
-	}
 	if res.tag == "" && res.cols == nil {
 		s.be.Send(&pgproto3.EmptyQueryResponse{})
 		return from
@@ -452,6 +449,10 @@ func (s *session) sendResult(res *result, formats []int16, from, maxRows int) in
 		tag = fmt.Sprintf("SHOW %d", len(res.rows))
 	}
 	s.be.Send(&pgproto3.CommandComplete{CommandTag: []byte(tag)})
+	// As PostgreSQL, changed settings are reported after the command.
+	for k, v := range res.params {
+		s.be.Send(&pgproto3.ParameterStatus{Name: k, Value: v})
+	}
 	return i
 }
 
