@@ -37,7 +37,9 @@ func (s *session) setupConsole(id *auth.Identity, settings map[string]string, wi
 		return reasonNone, err
 	}
 	s.key, s.hasKey = key, true
-	if err := wire.Send(startup.Handover(console.Params(settings), key.pid, key.secret[:])...); err != nil {
+	params := console.Params(settings)
+	params["session_authorization"] = id.User
+	if err := wire.Send(startup.Handover(params, key.pid, key.secret[:])...); err != nil {
 		return reasonNone, err
 	}
 	return reasonNone, s.must(stateForwarding)

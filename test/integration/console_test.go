@@ -426,3 +426,40 @@ func TestConsoleDisableTenant(t *testing.T) {
 		t.Fatalf("RELOAD: %v %q", err, notice)
 	}
 }
+
+func TestConsoleDuringDrain(t *testing.T) {
+	noLeaks(t)
+	cfg := consoleConfig(t)
+	cfg.Limits.ShutdownTimeout = 5 * time.Minute
+	p := startProxy(t, cfg)
+	alice := p.connect(t, "alice", "alice-pw")
+	c := connectURL(t, p.consoleURL("ops"))
+	stopped := make(chan error, 1)
+	go func() { stopped <- p.stop() }()
+	eventually(t, "the proxy draining", func() bool {
+		return tryConnect(testCtx(t), p.url("bob", "bob-pw")) != nil
+	})
+	// The console keeps working while alice's session drains.
+	if r := consoleRows(t, c, "SHOW CLIENTS WHERE tenant = '"+dhSlug+"'"); len(r) != 1 || r[0]["user"] != "alice" {
+		t.Fatalf("SHOW CLIENTS while draining: %v", r)
+	}
+	select {
+	case <-stopped:
+		t.Fatal("Run returned while a tenant session was open")
+	default:
+	}
+	// Once the tenant session ends, the drain does not wait for the
+	// console session (limits.shutdown_timeout is far away).
+	alice.Close(testCtx(t))
+	select {
+	case err := <-stopped:
+		if err != nil {
+			t.Fatal(err)
+		}
+	case <-time.After(2 * time.Minute):
+		t.Fatal("Run waited for the console session")
+	}
+	if _, err := c.Exec(testCtx(t), "SELECT 1"); err == nil {
+		t.Fatal("the console session outlived the proxy")
+	}
+}
