@@ -37,6 +37,9 @@ type Request struct {
 	TLS bool
 	// PeerCertificate is the client's verified TLS certificate, or nil.
 	PeerCertificate *x509.Certificate
+	// Console is true when the client asked for the console database: the
+	// user must have a console role, and it is bound to no single tenant.
+	Console bool
 }
 
 // Identity is an authenticated client bound to one tenant.
@@ -47,6 +50,11 @@ type Identity struct {
 	// Role is the upstream login role for the tenant and capability.
 	Role     string
 	PoolMode string
+	// Console is the console role of a console session (Request.Console);
+	// Tenant is then zero and ConsoleTenants are the tenants it may see
+	// (none: every tenant).
+	Console        string
+	ConsoleTenants []string
 }
 
 // Options configure an Authenticator.
@@ -108,7 +116,13 @@ func (a *Authenticator) Authenticate(ctx context.Context, dir *Directory, w Wire
 		}
 	}
 
-	id, err := a.resolve(dir, user, slug)
+	var id *Identity
+	var err error
+	if req.Console {
+		id, err = consoleIdentity(user, slug)
+	} else {
+		id, err = a.resolve(dir, user, slug)
+	}
 	if err != nil {
 		return nil, err
 	}
@@ -275,6 +289,19 @@ func (a *Authenticator) receivePlain(w Wire) (string, error) {
 		return "", protocolError("malformed password message", err)
 	}
 	return pm.Password, nil
+}
+
+// consoleIdentity admits an authenticated user to the console database.
+func consoleIdentity(user *User, slug string) (*Identity, error) {
+	if user.Console == "" {
+		return nil, &Error{Code: CodeInvalidAuthorization, Reason: codeReasonNoConsole,
+			Message: fmt.Sprintf("user %q may not use the console database", user.Name)}
+	}
+	if slug != "" {
+		return nil, &Error{Code: CodeInvalidAuthorization, Reason: codeReasonNoConsole,
+			Message: "the console database takes a plain user name, without @tenant"}
+	}
+	return &Identity{User: user.Name, Console: user.Console, ConsoleTenants: slices.Clone(user.Tenants)}, nil
 }
 
 // resolve binds an authenticated user to a tenant. The same words answer an

@@ -3,6 +3,7 @@ package auth
 import (
 	"context"
 	"fmt"
+	"sort"
 	"strings"
 
 	"github.com/jackc/pgx/v5"
@@ -21,6 +22,9 @@ type User struct {
 	ReadOnly      bool
 	PlatformAdmin bool
 	PoolMode      string // "", "session" or "transaction"
+	// Console is the user's console role (config.ConsoleAdmin or
+	// config.ConsoleStats), or "" when it may not use the console.
+	Console string
 }
 
 // Tenant is a tenant as the proxy needs it.
@@ -63,6 +67,16 @@ func (d *Directory) User(name string) (*User, bool) {
 	return u, ok
 }
 
+// Users returns every user in the snapshot, sorted by name.
+func (d *Directory) Users() []User {
+	out := make([]User, 0, len(d.users))
+	for _, u := range d.users {
+		out = append(out, *u)
+	}
+	sort.Slice(out, func(i, j int) bool { return out[i].Name < out[j].Name })
+	return out
+}
+
 // Tenant returns the tenant with the slug.
 func (d *Directory) Tenant(slug string) (Tenant, bool) {
 	t, ok := d.tenants[slug]
@@ -94,6 +108,7 @@ func UsersFromConfig(cfg *config.Config) []User {
 			ReadOnly:      u.ReadOnly,
 			PlatformAdmin: u.PlatformAdmin,
 			PoolMode:      u.PoolMode,
+			Console:       u.Console,
 		})
 	}
 	return out

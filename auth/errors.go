@@ -37,6 +37,7 @@ const (
 	codeReasonProtocol        = "protocol"
 	codeReasonMethod          = "no_method"
 	codeReasonCert            = "bad_certificate"
+	codeReasonNoConsole       = "no_console"
 )
 
 func passwordFailed(user, reason string, cause error) *Error {

@@ -77,6 +77,7 @@ type Config struct {
 	Isolation Isolation `mapstructure:"isolation"`
 	Audit     Audit     `mapstructure:"audit"`
 	Probe     Probe     `mapstructure:"probe"`
+	Console   Console   `mapstructure:"console"`
 
 	// Users are proxy users defined in the file (users may also live in the
 	// database, managed by `vitalproxy user`).
@@ -244,6 +245,22 @@ type Probe struct {
 	Interval time.Duration `mapstructure:"interval"`
 }
 
+// Console configures the operator console (see docs/console.md).
+type Console struct {
+	// Database is the name of the virtual database that users with
+	// users[].console connect to for the operator console; it is answered
+	// by the proxy itself and never forwarded upstream.
+	Database string `mapstructure:"database"`
+}
+
+// Console roles of users[].console.
+const (
+	// ConsoleAdmin may run every console command.
+	ConsoleAdmin = "admin"
+	// ConsoleStats may run the SHOW commands only.
+	ConsoleStats = "stats"
+)
+
 // User is a proxy user defined in the config file.
 type User struct {
 	// Name is the user name clients log in with (or as
@@ -270,6 +287,11 @@ type User struct {
 	// StatementTimeout overrides pool.statement_timeout and
 	// tenants.<slug>.statement_timeout for this user's sessions.
 	StatementTimeout time.Duration `mapstructure:"statement_timeout"`
+	// Console lets the user connect to the console database
+	// (console.database): admin (every command) or stats (SHOW only).
+	// A console user with tenants sees and steers only those tenants;
+	// one without tenants sees all and may connect to the console only.
+	Console string `mapstructure:"console"`
 }
 
 // AllowedTenants returns the tenant slugs the user may connect to.
@@ -353,6 +375,7 @@ var defaults = map[string]any{
 	"audit.interval":                   "5m",
 	"probe.enabled":                    false,
 	"probe.interval":                   "30s",
+	"console.database":                 "vitalproxy",
 }
 
 // Defaults returns every key Load knows with its default (durations as
@@ -497,8 +520,8 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("users[%d]: name is required", i))
 		case seen[u.Name]:
 			errs = append(errs, fmt.Errorf("users[%d]: duplicate user %q", i, u.Name))
-		case len(u.AllowedTenants()) == 0:
-			errs = append(errs, fmt.Errorf("user %q: tenant or tenants is required", u.Name))
+		case len(u.AllowedTenants()) == 0 && u.Console == "":
+			errs = append(errs, fmt.Errorf("user %q: tenant or tenants is required (or console, for a console-only user)", u.Name))
 		case u.Password == "":
 			errs = append(errs, fmt.Errorf("user %q: password (a SCRAM-SHA-256 verifier from `vitalproxy passwd`) is required", u.Name))
 		case !strings.HasPrefix(string(u.Password), "SCRAM-SHA-256$") && !strings.HasPrefix(string(u.Password), "md5"):
@@ -509,7 +532,15 @@ func (c *Config) Validate() error {
 		default:
 			errs = append(errs, fmt.Errorf("user %q: pool_mode must be session or transaction", u.Name))
 		}
+		switch u.Console {
+		case "", ConsoleAdmin, ConsoleStats:
+		default:
+			errs = append(errs, fmt.Errorf("user %q: console must be admin or stats, not %q", u.Name, u.Console))
+		}
 		seen[u.Name] = true
+	}
+	if c.Console.Database == "" {
+		errs = append(errs, errors.New("console.database must not be empty"))
 	}
 	return joinErrors(errs)
 }

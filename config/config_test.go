@@ -150,3 +150,32 @@ func TestRequire(t *testing.T) {
 		}
 	}
 }
+
+func TestConsoleUsersAndSettings(t *testing.T) {
+	t.Setenv("VITALPROXY_CONFIG", "")
+	t.Setenv("VITALPROXY_CONSOLE_DATABASE", "")
+	c, err := config.Load(config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if c.Console.Database != "vitalproxy" {
+		t.Fatalf("console.database default %q", c.Console.Database)
+	}
+	v := config.Secret("SCRAM-SHA-256$4096:c2FsdA==$a:b")
+	c.Users = []config.User{{Name: "ops", Password: v, Console: config.ConsoleAdmin}}
+	if err := c.Validate(); err != nil {
+		t.Fatalf("a console-only user without tenants: %v", err)
+	}
+	c.Users = []config.User{{Name: "ops", Password: v, Console: "root"}}
+	if err := c.Validate(); err == nil || !strings.Contains(err.Error(), "console must be admin or stats") {
+		t.Fatalf("console: root: %v", err)
+	}
+	c.Users = nil
+	c.RoleSecret = "c2VjcmV0LXNlY3JldC1zZWNyZXQtc2VjcmV0"
+	c.Upstream.URL = "postgres://u:hunter2@db/app"
+	for _, kv := range c.Settings() {
+		if strings.Contains(kv[1], "hunter2") || strings.Contains(kv[1], string(c.RoleSecret)) {
+			t.Errorf("Settings leaks a secret: %v", kv)
+		}
+	}
+}

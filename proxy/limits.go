@@ -47,6 +47,17 @@ func (c *clientCounts) admit(cfg *config.Config, id *auth.Identity) error {
 	return nil
 }
 
+// snapshot returns the client sessions per tenant.
+func (c *clientCounts) snapshot() map[string]int {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	m := make(map[string]int, len(c.tenants))
+	for t, n := range c.tenants {
+		m[t] = n
+	}
+	return m
+}
+
 func (c *clientCounts) release(id *auth.Identity) {
 	c.mu.Lock()
 	defer c.mu.Unlock()

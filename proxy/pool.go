@@ -26,6 +26,7 @@ func (s *Server) newPool(cfg poolSettings) (*pool.Pool, error) {
 		IdleTimeout:       cfg.idleTimeout,
 		Lifetime:          cfg.lifetime,
 		OnWait:            s.metrics.ObserveWait,
+		Gate:              s.steer.gate,
 	}, s.dialBackend)
 }
 

@@ -108,6 +108,9 @@ func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 		// pgconn's error may quote the URL with its password.
 		return nil, errors.New("upstream.url cannot be parsed as a PostgreSQL connection URL")
 	}
+	if cfg.Console.Database == dialer.Database() {
+		return nil, fmt.Errorf("console.database %q is the upstream database's name; pick another name for the console", cfg.Console.Database)
+	}
 	tc, err := buildTLS(cfg.TLS)
 	if err != nil {
 		return nil, err
@@ -158,6 +161,8 @@ type Server struct {
 	cancels  *cancelMap
 	admin    *adminConn
 	counts   *clientCounts
+	// steer is the operator console's run-time state.
+	steer *steering
 
 	rt  atomic.Pointer[runtimeConfig]
 	dir atomic.Pointer[auth.Directory]
@@ -213,6 +218,7 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 		metrics:   observe.NewMetrics(reg, cfg.Metrics.TenantLabelCap, o.version),
 		cancels:   newCancelMap(),
 		counts:    newClientCounts(),
+		steer:     newSteering(),
 		admin:     newAdminConn(string(cfg.Upstream.AdminURL)),
 		ready:     make(chan struct{}),
 		sessions:  make(map[*session]struct{}),
@@ -461,10 +467,13 @@ func (s *Server) acceptLoop(ctx context.Context, l net.Listener) {
 		}
 		backoff = 0
 		sess := newSession(s, acceptedConn(conn), s.rt.Load())
+		sctx, cancel := context.WithCancel(ctx)
+		sess.cancel = cancel
 		s.track(sess)
 		go func() {
 			defer s.untrack(sess)
-			sess.run(ctx)
+			defer cancel()
+			sess.run(sctx)
 		}()
 	}
 }
@@ -529,10 +538,21 @@ func (s *Server) drain(timeout time.Duration, kill context.CancelFunc) {
 	}
 	timer := time.NewTimer(timeout)
 	defer timer.Stop()
-	select {
-	case <-done:
-		return
-	case <-timer.C:
+	// Console sessions work while the others drain, and end with them.
+	tick := time.NewTicker(50 * time.Millisecond)
+	defer tick.Stop()
+wait:
+	for {
+		select {
+		case <-done:
+			return
+		case <-timer.C:
+			break wait
+		case <-tick.C:
+			if s.onlyConsoleLeft() {
+				break wait
+			}
+		}
 	}
 	s.mu.Lock()
 	left := make([]*session, 0, len(s.sessions))
@@ -540,12 +560,28 @@ func (s *Server) drain(timeout time.Duration, kill context.CancelFunc) {
 		left = append(left, sess)
 	}
 	s.mu.Unlock()
-	s.logger.Warn("drain deadline passed, closing sessions", "sessions", len(left))
+	if s.onlyConsoleLeft() {
+		s.logger.Info("sessions drained; closing the console sessions", "sessions", len(left))
+	} else {
+		s.logger.Warn("drain deadline passed, closing sessions", "sessions", len(left))
+	}
 	for _, sess := range left {
 		sess.forceClose()
 	}
 	kill()
 	<-done
+}
+
+// onlyConsoleLeft reports whether every open session is a console session.
+func (s *Server) onlyConsoleLeft() bool {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	for sess := range s.sessions {
+		if !sess.isConsole.Load() {
+			return false
+		}
+	}
+	return true
 }
 
 // poolSettings are the pool limits taken from the configuration at start.

@@ -124,6 +124,27 @@ type session struct {
 	// pooledTenant is the tenant slug of a session that borrows shared
 	// backends (isolation mode context), for Server.endSuspended.
 	pooledTenant atomic.Pointer[string]
+
+	// cancel ends the session's context (set before its goroutine
+	// starts); KILL CLIENT calls it.
+	cancel context.CancelFunc
+	// info is what the console shows of the session once admitted.
+	info atomic.Pointer[clientInfo]
+	// isConsole: a console session (see consoleIdentity), which the drain
+	// does not wait for.
+	isConsole atomic.Bool
+	// consoleID is the identity of a console session.
+	consoleID *auth.Identity
+	// consoleSettings are a console session's startup settings.
+	consoleSettings map[string]string
+}
+
+// kill ends the session on an operator's command (KILL CLIENT).
+func (s *session) kill() {
+	if s.cancel != nil {
+		s.cancel()
+	}
+	s.forceClose()
 }
 
 func newSession(srv *Server, conn net.Conn, rt *runtimeConfig) *session {
@@ -189,6 +210,10 @@ func (s *session) run(ctx context.Context) {
 	}
 	m.ConnectionAttempt("ok")
 	m.SessionSetup(time.Since(s.start))
+	if s.consoleID != nil {
+		s.serveConsole(ctx)
+		return
+	}
 	tm := m.ForTenant(s.tenant)
 	tm.Connections.Inc()
 	s.logger.Info("session opened", "user", s.user, "setup_seconds", time.Since(s.start).Seconds())
@@ -357,6 +382,7 @@ func (s *session) classify(err error) *clientError {
 			reason = "unknown"
 		}
 		s.srv.metrics.AuthFailure(reason)
+		s.srv.noteAuthFailure(s.user)
 		code := ae.Code
 		if code == "" {
 			code = codeInvalidPassword
@@ -481,9 +507,6 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		}
 		break
 	}
-	if s.srv.draining.Load() {
-		return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
-	}
 	params, err := startup.FilterParams(pkt.Startup.Parameters)
 	if err != nil {
 		return reasonNone, err
@@ -492,12 +515,20 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if len(params.Dropped) > 0 {
 		s.logger.Debug("dropped startup parameters", "params", params.Dropped)
 	}
-	if db := params.Database; db != "" && db != rt.upstreamDB && db != params.User && db != userPart(params.User) {
-		return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
-	}
-	s.counted = true
-	if n := s.srv.clients.Add(1); lim.MaxClientConns > 0 && n > int64(lim.MaxClientConns) {
-		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
+	// The console works while the proxy drains and is exempt from the
+	// client limits.
+	isConsole := params.Database == rt.cfg.Console.Database
+	if !isConsole {
+		if s.srv.draining.Load() {
+			return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
+		}
+		if db := params.Database; db != "" && db != rt.upstreamDB && db != params.User && db != userPart(params.User) {
+			return reasonNone, newClientError(reasonParamRefused, codeInvalidCatalogName, nil, "database %q does not exist", db)
+		}
+		s.counted = true
+		if n := s.srv.clients.Add(1); lim.MaxClientConns > 0 && n > int64(lim.MaxClientConns) {
+			return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil, "sorry, too many clients already")
+		}
 	}
 	wire := startup.NewWire(s.conn, lim.MaxStartupPacket)
 	if pkt.Minor > 0 || len(pkt.UnknownOptions) > 0 {
@@ -510,7 +541,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	if err := s.must(stateAuthenticating); err != nil {
 		return reasonNone, err
 	}
-	req := auth.Request{StartupUser: params.User, TLS: isTLS}
+	req := auth.Request{StartupUser: params.User, TLS: isTLS, Console: isConsole}
 	if tc, ok := s.conn.(*tls.Conn); ok {
 		req.PeerCertificate = peerCertificate(tc)
 	}
@@ -519,13 +550,22 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, err
 	}
 	s.user = id.User
+	if isConsole {
+		return s.setupConsole(id, params.Runtime, wire)
+	}
 	s.tenant = id.Tenant.Slug
 	s.logger = s.logger.With("tenant", id.Tenant.Slug)
+	if s.srv.steer.isDisabled(id.Tenant.Slug) {
+		return reasonNone, newClientError(reasonParamRefused, codeCannotConnectNow, nil,
+			"tenant %q is disabled by an administrator; try again later", id.Tenant.Slug)
+	}
 	if err := s.srv.counts.admit(rt.cfg, id); err != nil {
 		return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, err, "%s", err.Error())
 	}
 	s.identity = id
 	policy := policyFor(rt.cfg, id)
+	s.info.Store(&clientInfo{user: id.User, tenant: id.Tenant.Slug, mode: policy.mode,
+		appName: params.Runtime["application_name"], connectedAt: s.start})
 	for k, v := range policy.settings {
 		if params.Runtime == nil {
 			params.Runtime = map[string]string{}

@@ -35,6 +35,7 @@ type Metrics struct {
 	prepared             *prometheus.CounterVec
 	notificationsDropped *prometheus.CounterVec
 	contextSwitches      *prometheus.CounterVec
+	consoleCommands      *prometheus.CounterVec
 
 	// The series the per-transaction hooks count, resolved once.
 	resetOK, resetFailed      prometheus.Counter
@@ -142,12 +143,16 @@ func NewMetrics(reg prometheus.Registerer, tenantCap int, version string) *Metri
 			Name: "vitalproxy_notifications_dropped_total",
 			Help: "Notifications on a channel outside the client's tenant namespace that the proxy kept from the client, by the client's tenant.",
 		}, []string{"tenant"}),
+		consoleCommands: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "vitalproxy_console_commands_total",
+			Help: "Operator console commands by command (show_tenants, pause, kill_client, ..., set, other) and result (ok, error, denied: the user's console role or tenants do not allow it).",
+		}, []string{"command", "result"}),
 		tenants: newTenantLabels(tenantCap),
 	}
 	reg.MustRegister(m.clientConnections, m.connectionAttempts, m.sessionEnds, m.authFailures,
 		m.contextInjections, m.sessionSetup, m.bytes, m.cancelRequests, m.upstreamConnectErrs,
 		m.isolationCheck, m.auditRuns, m.configReloads, m.buildInfo, m.resets, m.poolWait, m.transactions, m.prepared,
-		m.notificationsDropped, m.contextSwitches)
+		m.notificationsDropped, m.contextSwitches, m.consoleCommands)
 	m.buildInfo.WithLabelValues(version, runtime.Version()).Set(1)
 	for _, r := range []string{"ok", "failure"} {
 		m.contextInjections.WithLabelValues(r)
@@ -187,6 +192,12 @@ func (m *Metrics) ContextInjection(ok bool) {
 	} else {
 		m.contextInjections.WithLabelValues("failure").Inc()
 	}
+}
+
+// ConsoleCommand counts an operator console command by its command name
+// and result.
+func (m *Metrics) ConsoleCommand(command, result string) {
+	m.consoleCommands.WithLabelValues(command, result).Inc()
 }
 
 // CancelRequest counts a cancel request by result (CancelForwarded, ...).

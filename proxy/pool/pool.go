@@ -86,6 +86,9 @@ type Config struct {
 	TenantMinIdle map[string]int
 	// OnWait, when set, observes how long each queued Acquire waited.
 	OnWait func(tenant string, waited time.Duration, ok bool)
+	// Gate, when set, runs at the start of every Acquire; Acquire fails
+	// with its error. It may block (a paused tenant waits in it).
+	Gate func(ctx context.Context, key Key) error
 }
 
 // Backend is a server connection lent out by a Pool. The borrower has it
@@ -139,6 +142,18 @@ type Stats struct {
 	Opened   uint64
 	Closed   map[Reason]uint64
 	Timeouts uint64
+	// MaxWait is how long the longest-waiting client of the row has
+	// waited so far (0: none waits).
+	MaxWait time.Duration
+}
+
+// ServerInfo describes one open server connection (see Servers).
+type ServerInfo struct {
+	PID    uint32
+	Key    Key // its pool's key; for a lent shared backend, the borrower's
+	Active bool
+	// Created is when it logged in; LastUsed when it was last released.
+	Created, LastUsed time.Time
 }
 
 type keyPool struct {
@@ -170,6 +185,7 @@ func (k *keyPool) use(key Key) *tenantUse {
 
 type waiter struct {
 	key      Key
+	since    time.Time
 	deadline time.Time // zero: no queue timeout
 	// ready receives the waiter's one grant; it is buffered, so the
 	// sender (holding mu) never blocks.
@@ -209,6 +225,8 @@ type Pool struct {
 	// of its own.
 	expiry   *time.Timer
 	expiryAt time.Time // zero: not armed
+	// lent holds the backends lent out, for Servers.
+	lent map[*Backend]struct{}
 }
 
 // New returns a pool; Close stops its reaper.
@@ -217,7 +235,7 @@ func New(cfg Config, dial DialFunc) (*Pool, error) {
 		return nil, fmt.Errorf("pool: MaxConns must be at least 1, got %d", cfg.MaxConns)
 	}
 	p := &Pool{cfg: cfg, dial: dial, perTen: map[string]int{}, pools: map[Key]*keyPool{},
-		queues: map[string][]*waiter{}, done: make(chan struct{})}
+		queues: map[string][]*waiter{}, done: make(chan struct{}), lent: map[*Backend]struct{}{}}
 	if cfg.IdleTimeout > 0 || cfg.MinIdle > 0 || len(cfg.TenantMinIdle) > 0 {
 		p.wg.Add(1)
 		go p.reap()
@@ -275,6 +293,11 @@ func (p *Pool) unlend(k *keyPool, b *Backend) {
 // Acquire lends a backend of key, reusing an idle one, dialling a new one
 // within the budget, or waiting in the tenant's queue.
 func (p *Pool) Acquire(ctx context.Context, key Key) (*Backend, error) {
+	if p.cfg.Gate != nil {
+		if err := p.cfg.Gate(ctx, key); err != nil {
+			return nil, err
+		}
+	}
 	p.mu.Lock()
 	if p.closed {
 		p.mu.Unlock()
@@ -292,7 +315,7 @@ func (p *Pool) Acquire(ctx context.Context, key Key) (*Backend, error) {
 	}
 	start := time.Now()
 	w := waiters.Get().(*waiter)
-	w.key, w.deadline = key, time.Time{}
+	w.key, w.since, w.deadline = key, start, time.Time{}
 	if p.cfg.QueueTimeout > 0 {
 		w.deadline = start.Add(p.cfg.QueueTimeout)
 		p.armExpiry(w.deadline)
@@ -399,6 +422,7 @@ func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
 	k.opened++
 	now := time.Now()
 	b := &Backend{Conn: c, Key: key, created: now, lastUsed: now}
+	p.lent[b] = struct{}{}
 	if k.uses != nil && key.Tenant != "" {
 		k.use(key).lent++ // its slot is already counted in perTen
 	}
@@ -427,6 +451,7 @@ func (p *Pool) takeIdle(k *keyPool, key Key) *Backend {
 		if k.uses != nil {
 			p.lend(k, b, key)
 		}
+		p.lent[b] = struct{}{}
 		return b
 	}
 	return nil
@@ -494,6 +519,7 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 	defer p.mu.Unlock()
 	k := p.kp(b.Key)
 	k.active--
+	delete(p.lent, b)
 	prev := b.Key
 	if k.uses != nil {
 		p.unlend(k, b)
@@ -540,6 +566,7 @@ func (p *Pool) serveAgain(k *keyPool, b *Backend, prev Key) bool {
 		k.active++
 		b.Reused = true
 		p.lend(k, b, w.key)
+		p.lent[b] = struct{}{}
 		w.ready <- grant{b: b}
 		return true
 	}
@@ -561,6 +588,7 @@ func (p *Pool) grantNext(b *Backend) bool {
 			b.Reused = true
 			b.streak = 0
 			p.lend(k, b, w.key)
+			p.lent[b] = struct{}{}
 			w.ready <- grant{b: b}
 			return true
 		}
@@ -568,6 +596,7 @@ func (p *Pool) grantNext(b *Backend) bool {
 			p.pop(tenant)
 			p.kp(b.Key).active++
 			b.Reused = true
+			p.lent[b] = struct{}{}
 			w.ready <- grant{b: b}
 			return true
 		}
@@ -717,21 +746,26 @@ func (p *Pool) Stats() []Stats {
 		for r, n := range k.closed {
 			s.Closed[r] = n
 		}
+		now := time.Now()
 		if k.uses == nil {
 			for _, w := range p.queues[k.key.Tenant] {
 				if w.key == k.key {
 					s.Waiting++
+					s.MaxWait = max(s.MaxWait, now.Sub(w.since))
 				}
 			}
 			out = append(out, s)
 			continue
 		}
 		waiting := map[string]int{}
+		waited := map[string]time.Duration{}
 		for t, q := range p.queues {
 			for _, w := range q {
 				if w.key.PoolKey() == k.key {
 					waiting[t]++
 					s.Waiting++
+					waited[t] = max(waited[t], now.Sub(w.since))
+					s.MaxWait = max(s.MaxWait, waited[t])
 				}
 			}
 		}
@@ -740,10 +774,47 @@ func (p *Pool) Stats() []Stats {
 			if u.lent == 0 && waiting[t] == 0 && u.tmo == 0 {
 				continue
 			}
-			out = append(out, Stats{Key: u.key, Active: u.lent, Waiting: waiting[t], Timeouts: u.tmo, Closed: map[Reason]uint64{}})
+			out = append(out, Stats{Key: u.key, Active: u.lent, Waiting: waiting[t], MaxWait: waited[t], Timeouts: u.tmo, Closed: map[Reason]uint64{}})
 		}
 	}
 	return out
+}
+
+// Servers returns every open server connection, idle or lent out (not
+// those being dialled).
+func (p *Pool) Servers() []ServerInfo {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	out := make([]ServerInfo, 0, len(p.lent))
+	for b := range p.lent {
+		out = append(out, ServerInfo{PID: b.PID, Key: b.Key, Active: true, Created: b.created, LastUsed: b.lastUsed})
+	}
+	for _, k := range p.pools {
+		for _, b := range k.idle {
+			out = append(out, ServerInfo{PID: b.PID, Key: b.Key, Created: b.created, LastUsed: b.lastUsed})
+		}
+	}
+	return out
+}
+
+// SetTenantMaxConns changes tenant's cap on server connections at run time
+// (0: back to MaxConnsPerTenant). A lower cap takes effect as backends are
+// released; a higher one serves waiting clients at once.
+func (p *Pool) SetTenantMaxConns(tenant string, n int) {
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	m := make(map[string]int, len(p.cfg.TenantMaxConns)+1)
+	for t, c := range p.cfg.TenantMaxConns {
+		m[t] = c
+	}
+	if n > 0 {
+		m[tenant] = n
+	} else {
+		delete(m, tenant)
+	}
+	p.cfg.TenantMaxConns = m
+	for p.grantNext(nil) {
+	}
 }
 
 // Total is the number of server connections open or being opened.

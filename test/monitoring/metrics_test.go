@@ -42,6 +42,9 @@ const (
 	userName   = "monitoring-user"
 	userPass   = "monitoring-pw"
 	rolePrefix = "vt_mon_"
+	// consoleUser has the same password as userName.
+	consoleUser = "monitoring-console"
+	consoleDB   = "vitalproxy"
 )
 
 var roleSecret = []byte("monitoring-test-role-secret-0123456789")
@@ -94,7 +97,10 @@ func startProxy(t *testing.T) (*proxy.Server, string) {
 	cfg.DatabaseURL = cfg.Upstream.AdminURL
 	cfg.RoleSecret = config.Secret(base64.StdEncoding.EncodeToString(roleSecret))
 	cfg.RolePrefix = rolePrefix
-	cfg.Users = []config.User{{Name: userName, Password: config.Secret(verifier), Tenants: []string{tenantSlug}}}
+	cfg.Users = []config.User{{Name: userName, Password: config.Secret(verifier), Tenants: []string{tenantSlug}},
+		// Runs one console command (vitalproxy_console_commands_total).
+		{Name: consoleUser, Password: config.Secret(verifier), Console: config.ConsoleStats}}
+	cfg.Console.Database = consoleDB
 	// One server connection for the tenant, so that a second client queues.
 	cfg.Tenants = map[string]config.TenantSettings{tenantSlug: {MaxServerConns: 1}}
 	cfg.Probe.Enabled = true
@@ -262,11 +268,30 @@ func produceTraffic(t *testing.T, g prometheus.Gatherer, clientURL string) {
 	if err := <-second; err != nil {
 		t.Fatalf("queued client: %v", err)
 	}
+	consoleURL := strings.Replace(strings.Replace(clientURL, userName+":", consoleUser+":", 1), "/"+dbPath(t, clientURL)+"?", "/"+consoleDB+"?", 1)
+	cc, err := pgx.Connect(ctx, consoleURL)
+	if err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	if _, err := cc.Exec(ctx, "SHOW TENANTS"); err != nil {
+		t.Fatalf("console: %v", err)
+	}
+	cc.Close(ctx)
 	bad := strings.Replace(clientURL, ":"+userPass+"@", ":wrong@", 1)
 	if c, err := pgx.Connect(ctx, bad); err == nil {
 		c.Close(ctx)
 		t.Fatal("a wrong password was accepted")
 	}
+}
+
+// dbPath is the database of a client URL.
+func dbPath(t *testing.T, raw string) string {
+	t.Helper()
+	u, err := url.Parse(raw)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return strings.TrimPrefix(u.Path, "/")
 }
 
 // queued reports whether a client waits for a server connection.
