@@ -151,8 +151,6 @@ GRANT EXECUTE ON FUNCTION public.entered_tenant() TO vital_tenant;
 CREATE OR REPLACE FUNCTION public.enter_tenant_context(p_context text) RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
-DECLARE
-    v_tenant uuid;
 BEGIN
     RESET ALL;
     RESET ROLE;
@@ -163,49 +161,13 @@ BEGIN
         DISCARD TEMP;
     END IF;
     PERFORM pg_catalog.set_config('vital.tenant_context', p_context, false);
-    v_tenant := public.entered_tenant();
-    -- Published for application code, as set_tenant_context does.
-    PERFORM pg_catalog.set_config('vital.tenant_id', v_tenant::text, false);
-    RETURN v_tenant;
+    RETURN public.entered_tenant();
 END
 $$;
 -- +goose StatementEnd
 ALTER FUNCTION public.enter_tenant_context(text) OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION public.enter_tenant_context(text) FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.enter_tenant_context(text) TO vital_tenant;
-
--- set_tenant_context: as migration 1 defines it, and a pooled role may
--- assert the tenant its verified context names (applications written for
--- role mode call it with their own tenant), never another.
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION public.set_tenant_context(p_tenant_id uuid) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_mapped uuid;
-BEGIN
-    SELECT tr.tenant_id INTO v_mapped FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
-    IF FOUND THEN
-        IF p_tenant_id IS DISTINCT FROM v_mapped THEN
-            RAISE EXCEPTION 'tenant context %: not the tenant of role %', p_tenant_id, SESSION_USER
-                USING ERRCODE = '42501';
-        END IF;
-    ELSIF EXISTS (SELECT 1 FROM vital.pooled_roles p WHERE p.role_name = SESSION_USER) THEN
-        v_mapped := public.current_tenant_id();
-        IF v_mapped IS NULL OR p_tenant_id IS DISTINCT FROM v_mapped THEN
-            RAISE EXCEPTION 'tenant context %: not the tenant of this session', p_tenant_id
-                USING ERRCODE = '42501';
-        END IF;
-    ELSIF NOT pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
-        RAISE EXCEPTION 'role % may not set a tenant context', SESSION_USER
-            USING ERRCODE = '42501';
-    END IF;
-    PERFORM pg_catalog.set_config('vital.tenant_id', COALESCE(p_tenant_id::text, ''), false);
-END
-$$;
--- +goose StatementEnd
-ALTER FUNCTION public.set_tenant_context(uuid) OWNER TO vital_owner;
 
 -- Tenant roles join vital_tenant_session (sync keeps it so).
 -- +goose StatementBegin
@@ -314,31 +276,6 @@ $$;
 
 DROP FUNCTION IF EXISTS public.enter_tenant_context(text);
 DROP FUNCTION IF EXISTS public.entered_tenant();
-
--- set_tenant_context as migration 1 defines it.
--- +goose StatementBegin
-CREATE OR REPLACE FUNCTION public.set_tenant_context(p_tenant_id uuid) RETURNS void
-    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
-    SET search_path = pg_catalog, pg_temp
-AS $$
-DECLARE
-    v_mapped uuid;
-BEGIN
-    SELECT tr.tenant_id INTO v_mapped FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
-    IF FOUND THEN
-        IF p_tenant_id IS DISTINCT FROM v_mapped THEN
-            RAISE EXCEPTION 'tenant context %: not the tenant of role %', p_tenant_id, SESSION_USER
-                USING ERRCODE = '42501';
-        END IF;
-    ELSIF NOT pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
-        RAISE EXCEPTION 'role % may not set a tenant context', SESSION_USER
-            USING ERRCODE = '42501';
-    END IF;
-    PERFORM pg_catalog.set_config('vital.tenant_id', COALESCE(p_tenant_id::text, ''), false);
-END
-$$;
--- +goose StatementEnd
-
 
 -- current_tenant_id as migration 1 defines it.
 -- +goose StatementBegin

@@ -187,12 +187,95 @@ ALTER FUNCTION public.pg_advisory_unlock_all() OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION public.pg_advisory_unlock_all() FROM PUBLIC;
 GRANT EXECUTE ON FUNCTION public.pg_advisory_unlock_all() TO vital_tenant;
 
+-- current_tenant_id as migration 6 defines it, verifying the context with
+-- less work (it runs on every query of a shared backend): no pattern
+-- matching before the MAC, which covers the tenant id.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.current_tenant_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ctx    text := pg_catalog.current_setting('vital.tenant_context', true);
+    v_tenant uuid;
+    v_ikey   bytea;
+    v_okey   bytea;
+    v_tid    text;
+BEGIN
+    IF v_ctx IS NOT NULL AND v_ctx <> '' THEN
+        SELECT k.ikey, k.okey INTO v_ikey, v_okey
+          FROM vital.context_key k JOIN vital.pooled_roles p ON p.role_name = SESSION_USER;
+        IF FOUND THEN
+            -- The MAC covers the tenant id: once it verifies, the id is the
+            -- one the proxy signed, so no format check is needed before.
+            -- Comparing hashes of both hex strings keeps the comparison's
+            -- timing from telling anything about the expected MAC.
+            v_tid := pg_catalog.substr(v_ctx, 1, 36);
+            IF pg_catalog.length(v_ctx) = 101 AND pg_catalog.substr(v_ctx, 37, 1) = ':'
+               AND pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.encode(pg_catalog.sha256(v_okey || pg_catalog.sha256(v_ikey
+                   || pg_catalog.convert_to('vitalproxy tenant context v1:' || v_tid || ':' || pg_catalog.pg_backend_pid()::text
+                   || ':' || SESSION_USER, 'UTF8'))), 'hex'), 'UTF8'))
+               = pg_catalog.sha256(pg_catalog.convert_to(pg_catalog.substr(v_ctx, 38), 'UTF8')) THEN
+                RETURN v_tid::uuid;
+            END IF;
+            RETURN NULL;
+        END IF;
+    END IF;
+    SELECT tr.tenant_id INTO v_tenant FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
+    IF FOUND THEN
+        RETURN v_tenant;
+    END IF;
+    IF pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
+        RETURN NULLIF(pg_catalog.current_setting('vital.tenant_id', true), '')::uuid;
+    END IF;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+-- set_tenant_context: as migration 1 defines it, and a pooled role of
+-- context mode may assert the tenant its verified context names
+-- (applications written for role mode call it with their own tenant),
+-- never another (42501).
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.set_tenant_context(p_tenant_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mapped uuid;
+BEGIN
+    SELECT tr.tenant_id INTO v_mapped FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
+    IF FOUND THEN
+        IF p_tenant_id IS DISTINCT FROM v_mapped THEN
+            RAISE EXCEPTION 'tenant context %: not the tenant of role %', p_tenant_id, SESSION_USER
+                USING ERRCODE = '42501';
+        END IF;
+    ELSIF EXISTS (SELECT 1 FROM vital.pooled_roles p WHERE p.role_name = SESSION_USER) THEN
+        v_mapped := public.current_tenant_id();
+        IF v_mapped IS NULL OR p_tenant_id IS DISTINCT FROM v_mapped THEN
+            RAISE EXCEPTION 'tenant context %: not the tenant of this session', p_tenant_id
+                USING ERRCODE = '42501';
+        END IF;
+    ELSIF NOT pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % may not set a tenant context', SESSION_USER
+            USING ERRCODE = '42501';
+    END IF;
+    PERFORM pg_catalog.set_config('vital.tenant_id', COALESCE(p_tenant_id::text, ''), false);
+END
+$$;
+-- +goose StatementEnd
+ALTER FUNCTION public.set_tenant_context(uuid) OWNER TO vital_owner;
+
 -- enter_tenant_context as migration 6 defines it, with
--- pg_advisory_unlock_all in the reset.
+-- pg_advisory_unlock_all in the reset, and publishing the tenant in
+-- vital.tenant_id for application code as set_tenant_context does.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION public.enter_tenant_context(p_context text) RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
+DECLARE
+    v_tenant uuid;
 BEGIN
     RESET ALL;
     RESET ROLE;
@@ -204,7 +287,10 @@ BEGIN
     END IF;
     PERFORM public.pg_advisory_unlock_all();
     PERFORM pg_catalog.set_config('vital.tenant_context', p_context, false);
-    RETURN public.entered_tenant();
+    v_tenant := public.entered_tenant();
+    -- Published for application code, as set_tenant_context does.
+    PERFORM pg_catalog.set_config('vital.tenant_id', v_tenant::text, false);
+    RETURN v_tenant;
 END
 $$;
 -- +goose StatementEnd
@@ -311,11 +397,85 @@ DROP VIEW IF EXISTS public.pg_stat_activity;
 DROP FUNCTION IF EXISTS public.tenant_stat_ssl();
 DROP FUNCTION IF EXISTS public.tenant_stat_activity();
 
+-- current_tenant_id as migration 6 defines it.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.current_tenant_id() RETURNS uuid
+    LANGUAGE plpgsql STABLE PARALLEL RESTRICTED SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_ctx    text := pg_catalog.current_setting('vital.tenant_context', true);
+    v_tenant uuid;
+    v_ikey   bytea;
+    v_okey   bytea;
+    v_tid    text;
+    v_mac    text;
+BEGIN
+    IF v_ctx IS NOT NULL AND v_ctx <> '' THEN
+        SELECT k.ikey, k.okey INTO v_ikey, v_okey
+          FROM vital.context_key k JOIN vital.pooled_roles p ON p.role_name = SESSION_USER;
+        IF FOUND THEN
+            v_tid := pg_catalog.substr(v_ctx, 1, 36);
+            v_mac := pg_catalog.substr(v_ctx, 38);
+            IF pg_catalog.length(v_ctx) <> 101 OR pg_catalog.substr(v_ctx, 37, 1) <> ':'
+               OR v_tid !~ '^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$'
+               OR v_mac !~ '^[0-9a-f]{64}$' THEN
+                RETURN NULL;
+            END IF;
+            -- Hashing both sides again makes the comparison's timing say
+            -- nothing about the expected MAC.
+            IF pg_catalog.sha256(pg_catalog.sha256(v_okey || pg_catalog.sha256(v_ikey || pg_catalog.convert_to(
+                   'vitalproxy tenant context v1:' || v_tid || ':' || pg_catalog.pg_backend_pid()::text
+                   || ':' || SESSION_USER, 'UTF8'))))
+               = pg_catalog.sha256(pg_catalog.decode(v_mac, 'hex')) THEN
+                RETURN v_tid::uuid;
+            END IF;
+            RETURN NULL;
+        END IF;
+    END IF;
+    SELECT tr.tenant_id INTO v_tenant FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
+    IF FOUND THEN
+        RETURN v_tenant;
+    END IF;
+    IF pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
+        RETURN NULLIF(pg_catalog.current_setting('vital.tenant_id', true), '')::uuid;
+    END IF;
+    RETURN NULL;
+END
+$$;
+-- +goose StatementEnd
+
+-- set_tenant_context as migration 1 defines it.
+-- +goose StatementBegin
+CREATE OR REPLACE FUNCTION public.set_tenant_context(p_tenant_id uuid) RETURNS void
+    LANGUAGE plpgsql VOLATILE SECURITY DEFINER
+    SET search_path = pg_catalog, pg_temp
+AS $$
+DECLARE
+    v_mapped uuid;
+BEGIN
+    SELECT tr.tenant_id INTO v_mapped FROM vital.tenant_roles tr WHERE tr.role_name = SESSION_USER;
+    IF FOUND THEN
+        IF p_tenant_id IS DISTINCT FROM v_mapped THEN
+            RAISE EXCEPTION 'tenant context %: not the tenant of role %', p_tenant_id, SESSION_USER
+                USING ERRCODE = '42501';
+        END IF;
+    ELSIF NOT pg_catalog.pg_has_role(SESSION_USER, 'vital_operator', 'MEMBER') THEN
+        RAISE EXCEPTION 'role % may not set a tenant context', SESSION_USER
+            USING ERRCODE = '42501';
+    END IF;
+    PERFORM pg_catalog.set_config('vital.tenant_id', COALESCE(p_tenant_id::text, ''), false);
+END
+$$;
+-- +goose StatementEnd
+
 -- enter_tenant_context as migration 6 defines it.
 -- +goose StatementBegin
 CREATE OR REPLACE FUNCTION public.enter_tenant_context(p_context text) RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
+DECLARE
+    v_tenant uuid;
 BEGIN
     RESET ALL;
     RESET ROLE;
@@ -326,7 +486,10 @@ BEGIN
         DISCARD TEMP;
     END IF;
     PERFORM pg_catalog.set_config('vital.tenant_context', p_context, false);
-    RETURN public.entered_tenant();
+    v_tenant := public.entered_tenant();
+    -- Published for application code, as set_tenant_context does.
+    PERFORM pg_catalog.set_config('vital.tenant_id', v_tenant::text, false);
+    RETURN v_tenant;
 END
 $$;
 -- +goose StatementEnd
