@@ -333,7 +333,10 @@ BEGIN
     END IF;
     v_tenant := public.current_tenant_id();
     IF v_tenant IS NULL THEN
-        RAISE EXCEPTION 'pg_stat_activity needs a tenant context' USING ERRCODE = '42501';
+        -- No tenant (say, a pooled role no proxy has entered a context in):
+        -- only the session itself.
+        RETURN QUERY SELECT a.* FROM pg_catalog.pg_stat_activity a WHERE a.pid = pg_catalog.pg_backend_pid();
+        RETURN;
     END IF;
     -- What the caller's role may see: ro 1, rw 2, admin 3.
     SELECT CASE tr.capability WHEN 'ro' THEN 1 WHEN 'rw' THEN 2 WHEN 'admin' THEN 3 END INTO v_rank
@@ -474,8 +477,6 @@ $$;
 CREATE OR REPLACE FUNCTION public.enter_tenant_context(p_context text) RETURNS uuid
     LANGUAGE plpgsql VOLATILE SECURITY INVOKER
 AS $$
-DECLARE
-    v_tenant uuid;
 BEGIN
     RESET ALL;
     RESET ROLE;
@@ -486,10 +487,7 @@ BEGIN
         DISCARD TEMP;
     END IF;
     PERFORM pg_catalog.set_config('vital.tenant_context', p_context, false);
-    v_tenant := public.entered_tenant();
-    -- Published for application code, as set_tenant_context does.
-    PERFORM pg_catalog.set_config('vital.tenant_id', v_tenant::text, false);
-    RETURN v_tenant;
+    RETURN public.entered_tenant();
 END
 $$;
 -- +goose StatementEnd
