@@ -257,20 +257,13 @@ func TestTenantAdvisoryLockKeys(t *testing.T) {
 	})
 
 	t.Run("name resolution", func(t *testing.T) {
-		// With the default search_path, pg_catalog's functions come first
-		// and are refused: never an unscoped lock.
-		for _, q := range []string{`SELECT pg_advisory_lock(42)`, `SELECT pg_try_advisory_lock(4, 2)`, `SELECT pg_advisory_unlock_all()`,
-			`SELECT pg_advisory_xact_lock(42::bigint)`} {
-			if got := tryAs(t, f.a1, q); got != "42501" {
-				t.Errorf("%s with the default search_path: SQLSTATE %q, want 42501", q, got)
-			}
-		}
-		// public before pg_catalog: unqualified calls reach the shims.
-		if _, err := f.a1.Exec(ctx, `SET search_path = public, pg_catalog`); err != nil {
-			t.Fatal(err)
+		// The migration's database default ("$user", public, pg_catalog):
+		// unqualified calls reach the shims, also after RESET ALL.
+		if got := scalar[string](t, f.a1, `SHOW search_path`); got != `"$user", public, pg_catalog` {
+			t.Errorf("search_path of a new session %q, want the migration's database default", got)
 		}
 		if !queryBool(t, f.a1, `SELECT pg_try_advisory_lock(42)`) {
-			t.Fatal("unqualified pg_try_advisory_lock(42) with search_path public, pg_catalog failed")
+			t.Fatal("unqualified pg_try_advisory_lock(42) with the database default search_path failed")
 		}
 		if queryBool(t, f.a2, `SELECT public.pg_try_advisory_xact_lock(42)`) {
 			t.Error("an unqualified and a qualified call took different locks")
@@ -278,17 +271,26 @@ func TestTenantAdvisoryLockKeys(t *testing.T) {
 		if !queryBool(t, f.a1, `SELECT pg_advisory_unlock(42)`) {
 			t.Error("unqualified pg_advisory_unlock(42) = false")
 		}
-		if _, err := f.a1.Exec(ctx, `RESET search_path`); err != nil {
-			t.Fatal(err)
-		}
-		// A database default works the same way (RESET ALL keeps it).
-		db.exec(t, `ALTER DATABASE `+pgx.Identifier{db.name}.Sanitize()+` SET search_path = "$user", public, pg_catalog`)
 		late := db.tenantLogin(t, "digital-health-startup", "rw")
 		if _, err := late.Exec(ctx, `RESET ALL`); err != nil {
 			t.Fatal(err)
 		}
 		if !queryBool(t, late, `SELECT pg_try_advisory_xact_lock(7)`) {
-			t.Error("with the database default search_path, unqualified pg_try_advisory_xact_lock failed")
+			t.Error("after RESET ALL, unqualified pg_try_advisory_xact_lock failed")
+		}
+		// A session search_path without pg_catalog after public: pg_catalog's
+		// functions come first and are refused, never an unscoped lock.
+		if _, err := f.a1.Exec(ctx, `SET search_path = "$user", public`); err != nil {
+			t.Fatal(err)
+		}
+		for _, q := range []string{`SELECT pg_advisory_lock(42)`, `SELECT pg_try_advisory_lock(4, 2)`, `SELECT pg_advisory_unlock_all()`,
+			`SELECT pg_advisory_xact_lock(42::bigint)`} {
+			if got := tryAs(t, f.a1, q); got != "42501" {
+				t.Errorf("%s with search_path \"$user\", public: SQLSTATE %q, want 42501", q, got)
+			}
+		}
+		if _, err := f.a1.Exec(ctx, `RESET search_path`); err != nil {
+			t.Fatal(err)
 		}
 	})
 
@@ -428,15 +430,18 @@ func TestTenantOwnSessions(t *testing.T) {
 	})
 
 	t.Run("name resolution", func(t *testing.T) {
-		if got := tryAs(t, f.a1, `SELECT count(*) FROM pg_stat_activity`); got != "42501" {
-			t.Errorf("unqualified pg_stat_activity with the default search_path: SQLSTATE %q, want 42501", got)
+		if _, err := f.a1.Exec(ctx, `SET search_path = "$user", public`); err != nil {
+			t.Fatal(err)
 		}
-		if _, err := f.a1.Exec(ctx, `SET search_path = public, pg_catalog`); err != nil {
+		if got := tryAs(t, f.a1, `SELECT count(*) FROM pg_stat_activity`); got != "42501" {
+			t.Errorf("unqualified pg_stat_activity with search_path \"$user\", public: SQLSTATE %q, want 42501", got)
+		}
+		if _, err := f.a1.Exec(ctx, `RESET search_path`); err != nil {
 			t.Fatal(err)
 		}
 		got := scalar[[]string](t, f.a1, `SELECT array_agg(DISTINCT usename::text) FROM pg_stat_activity`)
 		if !slices.Contains(got, f.a1Role) || !slices.Contains(got, f.aroRole) || slices.Contains(got, f.bR) {
-			t.Errorf("unqualified pg_stat_activity with search_path public, pg_catalog shows roles %v", got)
+			t.Errorf("unqualified pg_stat_activity with the database default search_path shows roles %v", got)
 		}
 		if _, err := f.a1.Exec(ctx, `RESET search_path`); err != nil {
 			t.Fatal(err)

@@ -16,9 +16,11 @@ import (
 const hardening int64 = 20251026000005
 
 // sharedPaths are statements any role could run before migration 5 and a
-// tenant role may not after it (SQLSTATE 42501).
+// tenant role may not after it (SQLSTATE 42501). They name pg_catalog's
+// objects: migration 7's public shims and views of the same names are
+// tenant-scoped (features_test.go).
 var sharedPaths = []string{
-	`SELECT usename, application_name FROM pg_stat_activity`,
+	`SELECT usename, application_name FROM pg_catalog.pg_stat_activity`,
 	`SELECT * FROM pg_locks`,
 	`SELECT n_live_tup FROM pg_stat_user_tables`,
 	`SELECT * FROM pg_statio_user_tables`,
@@ -31,9 +33,9 @@ var sharedPaths = []string{
 	`SELECT pg_database_size(current_database())`,
 	`SELECT * FROM pg_lock_status()`,
 	`SELECT pg_blocking_pids(pg_backend_pid())`,
-	`SELECT pg_advisory_lock(42)`,
-	`SELECT pg_try_advisory_xact_lock(4, 2)`,
-	`SELECT pg_advisory_unlock_all()`,
+	`SELECT pg_catalog.pg_advisory_lock(42)`,
+	`SELECT pg_catalog.pg_try_advisory_xact_lock(4, 2)`,
+	`SELECT pg_catalog.pg_advisory_unlock_all()`,
 	`SELECT lo_create(0)`,
 	`SELECT lo_creat(-1)`,
 	`SELECT lo_from_bytea(0, 'x')`,

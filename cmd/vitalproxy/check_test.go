@@ -39,7 +39,7 @@ func TestCheckCommand(t *testing.T) {
 	}
 	out, _, err = runCLI(t, "check")
 	if err == nil || err.Error() != "1 of 14 checks failed" || !strings.Contains(out,
-		"FAIL shared_stats_private: PUBLIC: may read 1 statistics and lock views (pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005") {
+		"FAIL shared_stats_private: PUBLIC: may read 1 statistics and lock views (pg_catalog.pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005") {
 		t.Errorf("check after GRANT SELECT ON pg_stat_activity TO PUBLIC: %v\n%s", err, out)
 	}
 	e.mustRun(t, "migrate", "reapply", "20251026000005")

@@ -265,7 +265,7 @@ func TestEachCheckCanFail(t *testing.T) {
 		}, []string{audit.VitalSchemaPrivate}, "PUBLIC: granted SELECT on vital.tenant_roles"},
 		{"statistics view granted back to PUBLIC", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT SELECT ON pg_catalog.pg_stat_activity TO PUBLIC`)
-		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may read 1 statistics and lock views (pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005"},
+		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may read 1 statistics and lock views (pg_catalog.pg_stat_activity); as a superuser, run: vitalproxy migrate reapply 20251026000005"},
 		{"statistics functions granted back to PUBLIC", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_stat_get_activity(integer), pg_catalog.pg_lock_status(),
 				pg_catalog.pg_table_size(regclass), pg_catalog.pg_stat_get_live_tuples(oid) TO PUBLIC`)
@@ -284,13 +284,13 @@ func TestEachCheckCanFail(t *testing.T) {
 		}, []string{audit.SharedStatsPrivate}, "PUBLIC: may execute 2 pg_stat_statements functions (pg_stat_statements(boolean), pg_stat_statements_info())"},
 		{"advisory locks granted back to PUBLIC", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_lock(bigint), pg_catalog.pg_try_advisory_lock(integer, integer) TO PUBLIC`)
-		}, []string{audit.SharedFunctionsRevoked}, "PUBLIC: may execute 2 advisory-lock functions (pg_advisory_lock(bigint), pg_try_advisory_lock(integer,integer))"},
+		}, []string{audit.SharedFunctionsRevoked}, "PUBLIC: may execute 2 advisory-lock functions (pg_catalog.pg_advisory_lock(bigint), pg_catalog.pg_try_advisory_lock(integer,integer))"},
 		{"large objects granted back to PUBLIC", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.lo_from_bytea(oid, bytea) TO PUBLIC`)
 		}, []string{audit.SharedFunctionsRevoked}, "PUBLIC: may execute 1 large-object creation functions (lo_from_bytea(oid,bytea))"},
 		{"advisory locks granted to the writer group", func(t *testing.T, f *fixture) {
 			f.exec(t, `GRANT EXECUTE ON FUNCTION pg_catalog.pg_advisory_xact_lock(bigint) TO vital_tenant_writer`)
-		}, []string{audit.SharedFunctionsRevoked}, "vital_tenant_writer: may execute 1 advisory-lock functions (pg_advisory_xact_lock(bigint))"},
+		}, []string{audit.SharedFunctionsRevoked}, "vital_tenant_writer: may execute 1 advisory-lock functions (pg_catalog.pg_advisory_xact_lock(bigint))"},
 		{"tenant role defaults", func(t *testing.T, f *fixture) {
 			f.exec(t, `ALTER ROLE `+f.rw+` SET search_path = pg_temp; ALTER ROLE `+f.rw+` SET statement_timeout = '1s'`)
 		}, []string{audit.TenantRoleSettings}, "_rw: role defaults for search_path, statement_timeout in every database (vitalproxy tenant sync removes them)"},

@@ -36,15 +36,15 @@
 --     grant, cluster-wide like the group roles: Down leaves it).
 --
 -- pg_catalog comes first in name resolution unless a search_path names it:
--- with the default search_path ("$user", public) an unqualified
--- pg_advisory_lock(1) or pg_stat_activity still means pg_catalog's, which
--- tenants may not use (42501), never an unscoped lock. Applications call
--- public.pg_advisory_lock(1) and read public.pg_stat_activity, or put
--- public before pg_catalog in their search_path (search_path=public,
--- pg_catalog as a connection setting, which the proxy applies in both pool
--- modes; or ALTER DATABASE ... SET search_path = "$user", public,
--- pg_catalog for every session of the database). No tenant role may create
--- objects in public, so this only brings these functions and views forward.
+-- with PostgreSQL's default search_path ("$user", public) an unqualified
+-- pg_advisory_lock(1) or pg_stat_activity would mean pg_catalog's, which
+-- tenants may not use (42501), never an unscoped lock. So this migration
+-- gives the database the default search_path "$user", public, pg_catalog
+-- (unless it has a default search_path already), and unqualified calls
+-- reach the shims and views. A client's own search_path decides for its
+-- session: naming public before pg_catalog keeps them, leaving pg_catalog
+-- out or first gives 42501. No tenant role may create objects in public,
+-- so this only brings these functions and views forward.
 --
 -- enter_tenant_context (migration 6) also runs pg_advisory_unlock_all: a
 -- session-level advisory lock one tenant left on a shared backend is
@@ -393,7 +393,49 @@ ALTER VIEW public.pg_stat_ssl OWNER TO vital_owner;
 REVOKE ALL ON public.pg_stat_ssl FROM PUBLIC;
 GRANT SELECT ON public.pg_stat_ssl TO vital_tenant;
 
+-- Unqualified calls reach the shims and views: the database's default
+-- search_path puts public before pg_catalog ("$user", public, pg_catalog),
+-- unless the database already has a default search_path of its own (then
+-- it is left alone: name public before pg_catalog there, or call the
+-- public.* names). RESET ALL and DISCARD ALL keep a database default.
+-- Only the database owner or a superuser may set it; recorded in
+-- vital.migration_objects (kind 'database_search_path') so that Down
+-- resets exactly what this set.
+-- +goose StatementBegin
+DO $$
+BEGIN
+    IF NOT EXISTS (
+        SELECT 1 FROM pg_catalog.pg_db_role_setting s CROSS JOIN LATERAL pg_catalog.unnest(s.setconfig) AS cfg
+         WHERE s.setrole = 0
+           AND s.setdatabase = (SELECT d.oid FROM pg_catalog.pg_database d WHERE d.datname = pg_catalog.current_database())
+           AND pg_catalog.split_part(cfg, '=', 1) = 'search_path') THEN
+        BEGIN
+            EXECUTE pg_catalog.format('ALTER DATABASE %I SET search_path = "$user", public, pg_catalog', pg_catalog.current_database());
+            INSERT INTO vital.migration_objects (kind, name, detail)
+            VALUES ('database_search_path', pg_catalog.current_database(), '"$user", public, pg_catalog')
+            ON CONFLICT (kind, name) DO NOTHING;
+        EXCEPTION WHEN insufficient_privilege THEN
+            RAISE WARNING 'the database default search_path was not set (only its owner or a superuser may): unqualified pg_advisory_lock and pg_stat_activity keep meaning pg_catalog''s, which tenants may not use; call public.pg_advisory_lock, or run: ALTER DATABASE % SET search_path = "$user", public, pg_catalog', pg_catalog.quote_ident(pg_catalog.current_database());
+        END;
+    END IF;
+END
+$$;
+-- +goose StatementEnd
+
 -- +goose Down
+
+-- +goose StatementBegin
+DO $$
+BEGIN
+    IF EXISTS (SELECT 1 FROM vital.migration_objects m
+                WHERE m.kind = 'database_search_path' AND m.name = pg_catalog.current_database()) THEN
+        EXECUTE pg_catalog.format('ALTER DATABASE %I RESET search_path', pg_catalog.current_database());
+        DELETE FROM vital.migration_objects
+         WHERE kind = 'database_search_path' AND name = pg_catalog.current_database();
+    END IF;
+END
+$$;
+-- +goose StatementEnd
 
 DROP VIEW IF EXISTS public.pg_stat_ssl;
 DROP VIEW IF EXISTS public.pg_stat_activity;
