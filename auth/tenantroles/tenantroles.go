@@ -566,10 +566,10 @@ func terminate(ctx context.Context, conn *pgx.Conn, roles []string) (map[string]
 	// clause may evaluate it first).
 	rows, err := conn.Query(ctx, `
 		WITH s AS MATERIALIZED (
-			SELECT pid, usename::text AS usename FROM pg_stat_activity
+			SELECT pid, usename::text AS usename FROM pg_catalog.pg_stat_activity
 			WHERE usename = ANY ($1::text[]) AND pid <> pg_backend_pid()
 		)
-		SELECT usename, pg_terminate_backend(pid, 5000) FROM s`, roles)
+		SELECT usename, pg_catalog.pg_terminate_backend(pid, 5000) FROM s`, roles)
 	if err != nil {
 		return nil, fmt.Errorf("terminate sessions: %w", err)
 	}

@@ -163,7 +163,7 @@ BEGIN
         EXECUTE pg_catalog.format('ALTER FUNCTION public.%1$I(bigint) OWNER TO vital_owner', r.name);
         EXECUTE pg_catalog.format('ALTER FUNCTION public.%1$I(integer, integer) OWNER TO vital_owner', r.name);
         EXECUTE pg_catalog.format('REVOKE ALL ON FUNCTION public.%1$I(bigint), public.%1$I(integer, integer) FROM PUBLIC', r.name);
-        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION public.%1$I(bigint), public.%1$I(integer, integer) TO vital_tenant', r.name);
+        EXECUTE pg_catalog.format('GRANT EXECUTE ON FUNCTION public.%1$I(bigint), public.%1$I(integer, integer) TO PUBLIC', r.name);
     END LOOP;
 END
 $do$;
@@ -185,7 +185,7 @@ $$;
 -- +goose StatementEnd
 ALTER FUNCTION public.pg_advisory_unlock_all() OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION public.pg_advisory_unlock_all() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.pg_advisory_unlock_all() TO vital_tenant;
+GRANT EXECUTE ON FUNCTION public.pg_advisory_unlock_all() TO PUBLIC;
 
 -- current_tenant_id as migration 6 defines it, verifying the context with
 -- less work (it runs on every query of a shared backend): no pattern
@@ -357,7 +357,7 @@ $$;
 -- +goose StatementEnd
 ALTER FUNCTION public.tenant_stat_activity() OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION public.tenant_stat_activity() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.tenant_stat_activity() TO vital_tenant;
+GRANT EXECUTE ON FUNCTION public.tenant_stat_activity() TO PUBLIC;
 
 -- tenant_stat_ssl: pg_stat_ssl's rows of the backends tenant_stat_activity
 -- shows.
@@ -379,20 +379,26 @@ $$;
 -- +goose StatementEnd
 ALTER FUNCTION public.tenant_stat_ssl() OWNER TO vital_owner;
 REVOKE ALL ON FUNCTION public.tenant_stat_ssl() FROM PUBLIC;
-GRANT EXECUTE ON FUNCTION public.tenant_stat_ssl() TO vital_tenant;
+GRANT EXECUTE ON FUNCTION public.tenant_stat_ssl() TO PUBLIC;
 
 CREATE OR REPLACE VIEW public.pg_stat_activity WITH (security_invoker = true) AS
     SELECT * FROM public.tenant_stat_activity();
 ALTER VIEW public.pg_stat_activity OWNER TO vital_owner;
 REVOKE ALL ON public.pg_stat_activity FROM PUBLIC;
-GRANT SELECT ON public.pg_stat_activity TO vital_tenant;
+GRANT SELECT ON public.pg_stat_activity TO PUBLIC;
 
 CREATE OR REPLACE VIEW public.pg_stat_ssl WITH (security_invoker = true) AS
     SELECT * FROM public.tenant_stat_ssl();
 ALTER VIEW public.pg_stat_ssl OWNER TO vital_owner;
 REVOKE ALL ON public.pg_stat_ssl FROM PUBLIC;
-GRANT SELECT ON public.pg_stat_ssl TO vital_tenant;
+GRANT SELECT ON public.pg_stat_ssl TO PUBLIC;
 
+-- The shims and views are PUBLIC's, since with this search_path every
+-- session's unqualified calls reach them: tenants get their scoped
+-- versions, callers that may use pg_catalog's get those unchanged
+-- (pg_read_all_stats members every session), anyone else without a tenant
+-- their own session only, or 42501 for advisory locks as before.
+--
 -- Unqualified calls reach the shims and views: the database's default
 -- search_path puts public before pg_catalog ("$user", public, pg_catalog),
 -- unless the database already has a default search_path of its own (then
