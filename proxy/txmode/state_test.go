@@ -64,7 +64,7 @@ func TestSessionState(t *testing.T) {
 			if got := queryString(t, a, "SELECT current_setting('application_name') || '|' || current_setting('TimeZone') || '|' || current_setting('search_path')"); got != "client-a|Asia/Tokyo|pg_catalog, public" {
 				t.Errorf("client a sees %q", got)
 			}
-			if got := queryString(t, b, "SELECT current_setting('application_name') || '|' || current_setting('TimeZone') || '|' || current_setting('search_path')"); got != "client-b|"+defaultTZ+`|"$user", public` {
+			if got := queryString(t, b, "SELECT current_setting('application_name') || '|' || current_setting('TimeZone') || '|' || current_setting('search_path')"); got != "client-b|"+defaultTZ+`|"$user", public, pg_catalog` {
 				t.Errorf("client b sees %q", got)
 			}
 		}
@@ -81,7 +81,7 @@ func TestSessionState(t *testing.T) {
 		if got := queryString(t, b, "SELECT current_setting('work_mem') || '|' || current_user"); got != defaults {
 			t.Errorf("client b sees %q after client a's SETs, want %q", got, defaults)
 		}
-		if got := queryString(t, b, "SELECT current_setting('application_name') || '|' || current_setting('search_path')"); got != `client-b|"$user", public` {
+		if got := queryString(t, b, "SELECT current_setting('application_name') || '|' || current_setting('search_path')"); got != `client-b|"$user", public, pg_catalog` {
 			t.Errorf("client b sees %q", got)
 		}
 		// A reported setting the client changed stays its own.
@@ -248,7 +248,7 @@ func TestReclaim(t *testing.T) {
 	if err != nil {
 		t.Fatal(err)
 	}
-	if got, want := string(res[0].Rows[0][0]), `|"$user", public|0|`+e.db.TenantIDs[dh]; got != want {
+	if got, want := string(res[0].Rows[0][0]), `|"$user", public, pg_catalog|0|`+e.db.TenantIDs[dh]; got != want {
 		t.Errorf("after Reclaim: %q, want %q", got, want)
 	}
 	e.pool.Release(b, true)
