@@ -60,6 +60,7 @@ type Config struct {
 	ListenSocketDir string `mapstructure:"listen_socket_dir"`
 
 	Upstream Upstream `mapstructure:"upstream"`
+	Replica  Replica  `mapstructure:"replica"`
 
 	// RoleSecret is the base64 secret (at least 16 bytes once decoded)
 	// that tenant role passwords derive from, e.g. `openssl rand -base64
@@ -70,8 +71,6 @@ type Config struct {
 	RoleSecretFile string `mapstructure:"role_secret_file"`
 	// RolePrefix starts every tenant login role's name.
 	RolePrefix string `mapstructure:"role_prefix"`
-
-	Replica Replica `mapstructure:"replica"`
 
 	TLS       TLS       `mapstructure:"tls"`
 	Auth      Auth      `mapstructure:"auth"`
@@ -108,9 +107,9 @@ type Upstream struct {
 	// Hosts are further upstream servers of the same cluster (a primary
 	// and its streaming standbys), each `host`, `host:port` or
 	// `[ipv6]:port`, after those of upstream.url (which may name several:
-	// `postgres://h1:5432,h2:5433/app`); they take upstream.url's
-	// database and TLS settings. The topology health checker tells which
-	// is the primary (see docs/topology.md). Read at start.
+	// `postgres://h1:5432,h2:5433/app`); they take the database and TLS
+	// settings of upstream.url. The topology health checker tells which
+	// is the primary (docs/topology.md). Read at start.
 	Hosts []string `mapstructure:"hosts"`
 	// HealthInterval is the time between two health checks of every
 	// upstream host. Read at start.
@@ -129,7 +128,7 @@ type Upstream struct {
 const (
 	// RoutePrimary sends sessions to the primary.
 	RoutePrimary = "primary"
-	// RouteReplica sends sessions to a standby within the replica.*
+	// RouteReplica sends sessions to a standby within the replica
 	// bounds.
 	RouteReplica = "replica"
 )
@@ -328,7 +327,8 @@ type User struct {
 	// tenants.<slug>.statement_timeout for this user's sessions.
 	StatementTimeout time.Duration `mapstructure:"statement_timeout"`
 	// Route overrides tenants.<slug>.route for this user: primary or
-	// replica (a standby within the replica.* bounds).
+	// replica (a standby within replica.max_lag_bytes and
+	// replica.max_lag).
 	Route string `mapstructure:"route"`
 }
 
@@ -362,9 +362,9 @@ type TenantSettings struct {
 	// IsolationMode overrides isolation.mode for the tenant: role or
 	// context.
 	IsolationMode string `mapstructure:"isolation_mode"`
-	// Route sends the tenant's sessions to the primary (the default) or
-	// to a standby within the replica.* bounds (replica); users[].route
-	// overrides it.
+	// Route sends the tenant's sessions to the primary (primary, the
+	// default) or to a standby within replica.max_lag_bytes and
+	// replica.max_lag (replica); users[].route overrides it.
 	Route string `mapstructure:"route"`
 }
 
@@ -731,9 +731,9 @@ func (c *Config) RequireServe() error {
 	var errs []error
 	if c.Upstream.URL == "" {
 		errs = append(errs, errors.New("upstream.url is not set (VITALPROXY_UPSTREAM_URL or --upstream-url)"))
-	} else if err := checkURL("upstream.url", c.Upstream.URL); err != nil {
-		errs = append(errs, err)
 	} else if err := checkHostList("upstream.url", c.Upstream.URL); err != nil {
+		errs = append(errs, err)
+	} else if err := checkURL("upstream.url", c.Upstream.URL); err != nil {
 		errs = append(errs, err)
 	}
 	if c.Upstream.AdminURL != "" {

@@ -36,7 +36,7 @@ func newMetrics(reg prometheus.Registerer) (*metrics, error) {
 		}),
 		splitBrain: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "vitalproxy_upstream_split_brain",
-			Help: "1 while more than one upstream host of the cluster is out of recovery (all but the one on the highest timeline are fenced), else 0.",
+			Help: "1 while more than one upstream host of the cluster is out of recovery (those not elected primary are fenced), else 0.",
 		}),
 	}
 	if reg == nil {
