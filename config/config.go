@@ -8,13 +8,16 @@ import (
 	"encoding/base64"
 	"errors"
 	"fmt"
+	"net"
 	"net/url"
 	"os"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
 	"github.com/go-viper/mapstructure/v2"
+	"github.com/jackc/pgx/v5/pgconn"
 	"github.com/spf13/pflag"
 	"github.com/spf13/viper"
 )
@@ -57,6 +60,7 @@ type Config struct {
 	ListenSocketDir string `mapstructure:"listen_socket_dir"`
 
 	Upstream Upstream `mapstructure:"upstream"`
+	Replica  Replica  `mapstructure:"replica"`
 
 	// RoleSecret is the base64 secret (at least 16 bytes once decoded)
 	// that tenant role passwords derive from, e.g. `openssl rand -base64
@@ -101,6 +105,58 @@ type Upstream struct {
 	AdminURL Secret `mapstructure:"admin_url"`
 	// ConnectTimeout bounds one upstream login.
 	ConnectTimeout time.Duration `mapstructure:"connect_timeout"`
+	// Hosts are further upstream servers of the same cluster (a primary
+	// and its streaming standbys), each `host`, `host:port` or
+	// `[ipv6]:port`, after those of upstream.url (which may name several:
+	// `postgres://h1:5432,h2:5433/app`); they take the database and TLS
+	// settings of upstream.url. The topology health checker tells which
+	// is the primary (docs/topology.md). Read at start.
+	Hosts []string `mapstructure:"hosts"`
+	// HealthInterval is the time between two health checks of every
+	// upstream host. Read at start.
+	HealthInterval time.Duration `mapstructure:"health_interval"`
+	// HealthTimeout bounds one health check of one host, connecting
+	// included; a host that does not answer in time counts as down. Read
+	// at start.
+	HealthTimeout time.Duration `mapstructure:"health_timeout"`
+	// FailoverTimeout is how long a client that needs the primary waits
+	// for one while there is none (during a failover) before it gets an
+	// error; 0 fails at once.
+	FailoverTimeout time.Duration `mapstructure:"failover_timeout"`
+}
+
+// Routes: which upstream host a user's or tenant's sessions go to.
+const (
+	// RoutePrimary sends sessions to the primary.
+	RoutePrimary = "primary"
+	// RouteReplica sends sessions to a standby within the replica
+	// bounds.
+	RouteReplica = "replica"
+)
+
+// Replica fallbacks: what a replica-routed session gets when no standby is
+// within bounds.
+const (
+	// FallbackPrimary serves it from the primary.
+	FallbackPrimary = "primary"
+	// FallbackError refuses it.
+	FallbackError = "error"
+)
+
+// Replica bounds the standbys that replica-routed sessions may use.
+type Replica struct {
+	// MaxLagBytes is the most WAL, in bytes, a standby may have still to
+	// replay behind the primary to serve replica-routed sessions; 0 means
+	// no bound.
+	MaxLagBytes int64 `mapstructure:"max_lag_bytes"`
+	// MaxLag is the most replication lag in time (the age of the last
+	// transaction a standby replayed while it has WAL left to replay) a
+	// standby may have to serve replica-routed sessions; 0 means no bound.
+	MaxLag time.Duration `mapstructure:"max_lag"`
+	// Fallback is what a replica-routed session gets when no standby is
+	// within bounds: primary (it is served by the primary) or error (it
+	// is refused).
+	Fallback string `mapstructure:"fallback"`
 }
 
 // TLS configures the client-facing TLS listener.
@@ -292,6 +348,10 @@ type User struct {
 	// A console user with tenants sees and steers only those tenants;
 	// one without tenants sees all and may connect to the console only.
 	Console string `mapstructure:"console"`
+	// Route overrides tenants.<slug>.route for this user: primary or
+	// replica (a standby within replica.max_lag_bytes and
+	// replica.max_lag).
+	Route string `mapstructure:"route"`
 }
 
 // AllowedTenants returns the tenant slugs the user may connect to.
@@ -324,6 +384,22 @@ type TenantSettings struct {
 	// IsolationMode overrides isolation.mode for the tenant: role or
 	// context.
 	IsolationMode string `mapstructure:"isolation_mode"`
+	// Route sends the tenant's sessions to the primary (primary, the
+	// default) or to a standby within replica.max_lag_bytes and
+	// replica.max_lag (replica); users[].route overrides it.
+	Route string `mapstructure:"route"`
+}
+
+// RouteFor is the route of user u's sessions of tenant slug: the user's
+// own, else the tenant's, else primary.
+func (c *Config) RouteFor(u User, slug string) string {
+	if u.Route != "" {
+		return u.Route
+	}
+	if t, ok := c.Tenants[slug]; ok && t.Route != "" {
+		return t.Route
+	}
+	return RoutePrimary
 }
 
 // IsolationFor is the isolation mode of tenant slug's transaction-mode
@@ -344,6 +420,13 @@ var defaults = map[string]any{
 	"upstream.url":                     "",
 	"upstream.admin_url":               "",
 	"upstream.connect_timeout":         "10s",
+	"upstream.hosts":                   []string{},
+	"upstream.health_interval":         "1s",
+	"upstream.health_timeout":          "1s",
+	"upstream.failover_timeout":        "30s",
+	"replica.max_lag_bytes":            16 << 20,
+	"replica.max_lag":                  "5s",
+	"replica.fallback":                 FallbackPrimary,
 	"role_secret":                      "",
 	"role_secret_file":                 "",
 	"role_prefix":                      "vt_",
@@ -484,6 +567,7 @@ func (c *Config) Validate() error {
 			errs = append(errs, fmt.Errorf("tenants.%s.isolation_mode must be role or context, not %q", slug, t.IsolationMode))
 		}
 	}
+	errs = append(errs, c.validateTopology()...)
 	switch c.Log.Format {
 	case "text", "json":
 	default:
@@ -537,12 +621,99 @@ func (c *Config) Validate() error {
 		default:
 			errs = append(errs, fmt.Errorf("user %q: console must be admin or stats, not %q", u.Name, u.Console))
 		}
+		if !validRoute(u.Route) {
+			errs = append(errs, fmt.Errorf("user %q: route must be primary or replica, not %q", u.Name, u.Route))
+		}
 		seen[u.Name] = true
 	}
 	if c.Console.Database == "" {
 		errs = append(errs, errors.New("console.database must not be empty"))
 	}
 	return joinErrors(errs)
+}
+
+// validateTopology checks the upstream host list, the health check and
+// failover timings, the replica bounds and the routes.
+func (c *Config) validateTopology() []error {
+	var errs []error
+	for i, h := range c.Upstream.Hosts {
+		if err := checkHostEntry(h); err != nil {
+			errs = append(errs, fmt.Errorf("upstream.hosts[%d]: %w", i, err))
+		}
+	}
+	if c.Upstream.HealthInterval <= 0 {
+		errs = append(errs, fmt.Errorf("upstream.health_interval must be positive, not %s", c.Upstream.HealthInterval))
+	}
+	if c.Upstream.HealthTimeout <= 0 {
+		errs = append(errs, fmt.Errorf("upstream.health_timeout must be positive, not %s", c.Upstream.HealthTimeout))
+	}
+	if c.Upstream.FailoverTimeout < 0 {
+		errs = append(errs, fmt.Errorf("upstream.failover_timeout must not be negative, not %s", c.Upstream.FailoverTimeout))
+	}
+	if c.Replica.MaxLagBytes < 0 {
+		errs = append(errs, fmt.Errorf("replica.max_lag_bytes must not be negative, not %d", c.Replica.MaxLagBytes))
+	}
+	if c.Replica.MaxLag < 0 {
+		errs = append(errs, fmt.Errorf("replica.max_lag must not be negative, not %s", c.Replica.MaxLag))
+	}
+	switch c.Replica.Fallback {
+	case FallbackPrimary, FallbackError:
+	default:
+		errs = append(errs, fmt.Errorf("replica.fallback must be primary or error, not %q", c.Replica.Fallback))
+	}
+	slugs := make([]string, 0, len(c.Tenants))
+	for slug := range c.Tenants {
+		slugs = append(slugs, slug)
+	}
+	slices.Sort(slugs)
+	for _, slug := range slugs {
+		if r := c.Tenants[slug].Route; !validRoute(r) {
+			errs = append(errs, fmt.Errorf("tenants.%s.route must be primary or replica, not %q", slug, r))
+		}
+	}
+	return errs
+}
+
+func validRoute(r string) bool { return r == "" || r == RoutePrimary || r == RouteReplica }
+
+// checkHostEntry checks an entry of upstream.hosts: "host", "host:port" or
+// "[ipv6]:port", with a port from 1 to 65535.
+func checkHostEntry(entry string) error {
+	bad := func(why string) error {
+		return fmt.Errorf("%q is %s (want host, host:port or [ipv6]:port)", entry, why)
+	}
+	if strings.ContainsAny(entry, "/,@? \t") {
+		return bad("not a plain host")
+	}
+	host := entry
+	if h, p, err := net.SplitHostPort(entry); err == nil {
+		host = h
+		if n, err := strconv.Atoi(p); err != nil || n < 1 || n > 65535 {
+			return bad("not a valid port")
+		}
+	} else if strings.Count(entry, ":") == 1 || strings.HasPrefix(entry, "[") {
+		return bad("not a valid host:port")
+	}
+	if host == "" {
+		return bad("an empty host")
+	}
+	return nil
+}
+
+// checkHostList parses the upstream URL as libpq would, hosts and ports
+// included, without echoing it (it may hold a password).
+func checkHostList(what, raw string) error {
+	if _, err := pgconn.ParseConfig(raw); err != nil {
+		var pe *pgconn.ParseConfigError
+		if errors.As(err, &pe) {
+			msg := pe.Error()
+			if i := strings.LastIndex(msg, "`: "); i >= 0 {
+				return fmt.Errorf("%s cannot be parsed: %s", what, msg[i+3:])
+			}
+		}
+		return fmt.Errorf("%s cannot be parsed", what)
+	}
+	return nil
 }
 
 // joinErrors joins errors on one line, so that a CLI prints one line.
@@ -591,6 +762,8 @@ func (c *Config) RequireServe() error {
 	var errs []error
 	if c.Upstream.URL == "" {
 		errs = append(errs, errors.New("upstream.url is not set (VITALPROXY_UPSTREAM_URL or --upstream-url)"))
+	} else if err := checkHostList("upstream.url", c.Upstream.URL); err != nil {
+		errs = append(errs, err)
 	} else if err := checkURL("upstream.url", c.Upstream.URL); err != nil {
 		errs = append(errs, err)
 	}

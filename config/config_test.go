@@ -84,6 +84,12 @@ func TestInvalid(t *testing.T) {
 		{name: "unknown key", file: "testdata/unknown_key.yaml", want: []string{"lisen"}},
 		{name: "bad values", file: "testdata/bad_values.yaml",
 			want: []string{"pool.mode", "log.format", "cleartext passwords are only accepted over TLS"}},
+		{name: "bad topology", file: "testdata/bad_topology.yaml",
+			want: []string{`upstream.hosts[0]: "h3:70000" is not a valid port`, `upstream.hosts[1]: "postgres://h4" is not a plain host`,
+				"upstream.health_interval must be positive", "upstream.health_timeout must be positive",
+				"upstream.failover_timeout must not be negative", "replica.max_lag_bytes must not be negative",
+				"replica.max_lag must not be negative", `replica.fallback must be primary or error, not "standby"`,
+				`user "reader": route must be primary or replica`, "tenants.digital-health-startup.route must be primary or replica"}},
 		{name: "missing file", file: "testdata/nope.yaml", want: []string{"read config file"}},
 		{name: "bad secret", env: map[string]string{"VITALPROXY_ROLE_SECRET": "not base64!"}, want: []string{"role_secret is not valid base64"}},
 		{name: "short secret", env: map[string]string{"VITALPROXY_ROLE_SECRET": "c2hvcnQ="}, want: []string{"at least 16 bytes"}},
@@ -177,5 +183,78 @@ func TestConsoleUsersAndSettings(t *testing.T) {
 		if strings.Contains(kv[1], "hunter2") || strings.Contains(kv[1], string(c.RoleSecret)) {
 			t.Errorf("Settings leaks a secret: %v", kv)
 		}
+	}
+}
+
+func TestTopologySettings(t *testing.T) {
+	t.Setenv("VITALPROXY_CONFIG", "")
+	cfg, err := config.Load(config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	u := cfg.Upstream
+	if len(u.Hosts) != 0 || u.HealthInterval != time.Second || u.HealthTimeout != time.Second || u.FailoverTimeout != 30*time.Second {
+		t.Errorf("upstream defaults: %+v", u)
+	}
+	if r := cfg.Replica; r.MaxLagBytes != 16<<20 || r.MaxLag != 5*time.Second || r.Fallback != config.FallbackPrimary {
+		t.Errorf("replica defaults: %+v", r)
+	}
+
+	t.Setenv("VITALPROXY_UPSTREAM_HOSTS", "h2:5433,[::1]:5434,h4")
+	t.Setenv("VITALPROXY_REPLICA_FALLBACK", "error")
+	cfg, err = config.Load(config.Options{})
+	if err != nil {
+		t.Fatal(err)
+	}
+	if got := strings.Join(cfg.Upstream.Hosts, " "); got != "h2:5433 [::1]:5434 h4" || cfg.Replica.Fallback != config.FallbackError {
+		t.Errorf("from the environment: hosts %q, fallback %q", got, cfg.Replica.Fallback)
+	}
+
+	cfg.Tenants = map[string]config.TenantSettings{"t1": {Route: config.RouteReplica}}
+	tests := []struct {
+		user config.User
+		slug string
+		want string
+	}{
+		{config.User{}, "t0", config.RoutePrimary},
+		{config.User{}, "t1", config.RouteReplica},
+		{config.User{Route: config.RoutePrimary}, "t1", config.RoutePrimary},
+		{config.User{Route: config.RouteReplica}, "t0", config.RouteReplica},
+	}
+	for _, tc := range tests {
+		if got := cfg.RouteFor(tc.user, tc.slug); got != tc.want {
+			t.Errorf("RouteFor(%+v, %s) = %s, want %s", tc.user.Route, tc.slug, got, tc.want)
+		}
+	}
+}
+
+func TestRequireServeHostList(t *testing.T) {
+	tests := []struct {
+		url, want string
+	}{
+		{"postgres://u:hunter2@h1:5432,h2:5433/app", ""},
+		{"postgres://u:hunter2@h1:5432,h2:x/app", "upstream.url cannot be parsed: invalid port"},
+		{"postgres://u:hunter2@h1:5432,h2:5433/app?sslmode=sometimes", "upstream.url cannot be parsed: failed to configure TLS (sslmode is invalid)"},
+	}
+	for _, tc := range tests {
+		t.Run(tc.url, func(t *testing.T) {
+			t.Setenv("VITALPROXY_CONFIG", "")
+			t.Setenv("VITALPROXY_UPSTREAM_URL", tc.url)
+			t.Setenv("VITALPROXY_DATABASE_URL", "postgres://admin@db/app")
+			t.Setenv("VITALPROXY_ROLE_SECRET", "ZmlsZS1yb2xlLXNlY3JldC0wMTIzNDU2Nzg5YWJjZGVm")
+			cfg, err := config.Load(config.Options{})
+			if err != nil {
+				t.Fatal(err)
+			}
+			err = cfg.RequireServe()
+			switch {
+			case tc.want == "" && err != nil:
+				t.Errorf("RequireServe = %v", err)
+			case tc.want != "" && (err == nil || !strings.Contains(err.Error(), tc.want)):
+				t.Errorf("RequireServe = %v, want it to mention %q", err, tc.want)
+			case err != nil && strings.Contains(err.Error(), "hunter2"):
+				t.Errorf("the error reveals the password: %v", err)
+			}
+		})
 	}
 }

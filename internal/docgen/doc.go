@@ -6,7 +6,9 @@
 //     struct (key names from its mapstructure tags, types, the defaults
 //     config.Load applies, descriptions from the fields' doc comments);
 //   - the command reference of docs/commands.md from the cobra command tree;
-//   - the metrics of docs/metrics.md from the registry of a running proxy.
+//   - the metrics of docs/metrics.md from the registry of a running proxy;
+//   - the metrics of docs/topology.md from the registry of a running
+//     topology checker.
 //
 // Each part sits in its document between marker lines
 //
@@ -15,7 +17,7 @@
 //
 // with hand-written text around it. Tests in the packages that own the
 // code (internal/docgen for the configuration, cmd/vitalproxy for the
-// commands, test/monitoring for the metrics) compare each part with what
+// commands, test/monitoring and proxy/topology for the metrics) compare each part with what
 // the code produces and fail on any difference. Regenerate them with
 //
 //	go generate ./internal/docgen
@@ -25,4 +27,4 @@
 // every PostgreSQL-backed test does).
 package docgen
 
-//go:generate env VITALPROXY_UPDATE_DOCS=1 go test -count=1 -run ^TestDocs ../../internal/docgen ../../cmd/vitalproxy ../../test/monitoring
+//go:generate env VITALPROXY_UPDATE_DOCS=1 go test -count=1 -run ^TestDocs ../../internal/docgen ../../cmd/vitalproxy ../../test/monitoring ../../proxy/topology

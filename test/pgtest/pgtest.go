@@ -109,28 +109,38 @@ func Start(ctx context.Context, opts Options) (*Cluster, error) {
 		return nil, err
 	}
 	c := &Cluster{BinDir: bin, Host: "127.0.0.1", User: "postgres", Password: randomHex(16)}
-	c.Dir, err = os.MkdirTemp("", "vitalproxy-pg-")
-	if err != nil {
-		return nil, fmt.Errorf("create temp dir: %w", err)
-	}
-	if os.Geteuid() == 0 {
-		// initdb and postgres refuse to run as root.
-		cred, err := unprivilegedUser()
-		if err != nil {
-			os.RemoveAll(c.Dir)
-			return nil, err
-		}
-		c.runAs = cred
-		if err := os.Chown(c.Dir, int(cred.Uid), int(cred.Gid)); err != nil {
-			os.RemoveAll(c.Dir)
-			return nil, fmt.Errorf("chown temp dir: %w", err)
-		}
+	if err := c.newDir(); err != nil {
+		return nil, err
 	}
 	if err := c.start(ctx, opts); err != nil {
 		c.Stop()
 		return nil, err
 	}
 	return c, nil
+}
+
+// newDir makes c's temporary directory, owned by the user PostgreSQL runs
+// as when the process runs as root.
+func (c *Cluster) newDir() error {
+	var err error
+	c.Dir, err = os.MkdirTemp("", "vitalproxy-pg-")
+	if err != nil {
+		return fmt.Errorf("create temp dir: %w", err)
+	}
+	if os.Geteuid() == 0 {
+		// initdb and postgres refuse to run as root.
+		cred, err := unprivilegedUser()
+		if err != nil {
+			os.RemoveAll(c.Dir)
+			return err
+		}
+		c.runAs = cred
+		if err := os.Chown(c.Dir, int(cred.Uid), int(cred.Gid)); err != nil {
+			os.RemoveAll(c.Dir)
+			return fmt.Errorf("chown temp dir: %w", err)
+		}
+	}
+	return nil
 }
 
 func unprivilegedUser() (*syscall.Credential, error) {
@@ -183,6 +193,13 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 		"shared_buffers = 128MB",
 		"password_encryption = 'scram-sha-256'",
 		"log_min_messages = warning",
+		// Streaming standbys (StartStandby) replicate from any cluster;
+		// these are PostgreSQL's defaults, stated because standbys rely on
+		// them. initdb's pg_hba.conf already admits replication
+		// connections from loopback with SCRAM.
+		"wal_level = replica",
+		"max_wal_senders = 10",
+		"hot_standby = on",
 	}
 	conf = append(conf, opts.Settings...)
 	f, err := os.OpenFile(filepath.Join(data, "postgresql.conf"), os.O_APPEND|os.O_WRONLY, 0)
@@ -195,6 +212,13 @@ func (c *Cluster) start(ctx context.Context, opts Options) error {
 		return fmt.Errorf("write postgresql.conf: %w", err)
 	}
 	c.startWatchdog()
+	return c.pgCtlStart(ctx)
+}
+
+// pgCtlStart starts the server of c's data directory on a free port,
+// retrying with another port when the one it picked was taken meanwhile.
+func (c *Cluster) pgCtlStart(ctx context.Context) error {
+	data := filepath.Join(c.Dir, "data")
 	var lastErr error
 	for attempt := 0; attempt < 5; attempt++ {
 		port, err := freePort()
@@ -272,6 +296,162 @@ func (c *Cluster) Stop() {
 		cancel()
 	}
 	os.RemoveAll(c.Dir)
+}
+
+// StartStandby starts a streaming standby of c in a new temporary
+// directory: a base backup taken with pg_basebackup -R (so the standby
+// replicates from c with the superuser's credentials) started on a free
+// loopback port. It is a Cluster of its own with c's superuser; call Stop
+// when done. The standby is hot: it serves read-only queries.
+func (c *Cluster) StartStandby(ctx context.Context) (*Cluster, error) {
+	s := &Cluster{BinDir: c.BinDir, Host: c.Host, User: c.User, Password: c.Password}
+	if err := s.newDir(); err != nil {
+		return nil, err
+	}
+	conninfo := fmt.Sprintf("host=%s port=%d user=%s password=%s application_name=%s",
+		c.Host, c.Port, c.User, c.Password, filepath.Base(s.Dir))
+	s.startWatchdog()
+	out, err := s.command(ctx, "pg_basebackup", "-D", filepath.Join(s.Dir, "data"), "-d", conninfo,
+		"-R", "-X", "stream", "-c", "fast", "--no-sync").CombinedOutput()
+	if err != nil {
+		s.Stop()
+		return nil, fmt.Errorf("pg_basebackup: %w: %s", err, tail(out))
+	}
+	if err := s.pgCtlStart(ctx); err != nil {
+		s.Stop()
+		return nil, err
+	}
+	return s, nil
+}
+
+// Promote promotes a standby to a primary (pg_ctl promote) and waits until
+// it accepts writes.
+func (c *Cluster) Promote(ctx context.Context) error {
+	out, err := c.command(ctx, "pg_ctl", "-D", filepath.Join(c.Dir, "data"), "-w", "-t", "60", "promote").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl promote: %w: %s", err, tail(out))
+	}
+	return c.poll(ctx, func(ctx context.Context) (bool, error) {
+		v, err := c.QueryValue(ctx, "postgres", "SELECT pg_is_in_recovery()")
+		return v == "f", err
+	})
+}
+
+// StopImmediate stops the server at once (pg_ctl stop -m immediate), as a
+// crash would, and keeps its directory: Restart starts it again, Stop
+// removes it.
+func (c *Cluster) StopImmediate() error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return nil
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
+	defer cancel()
+	out, err := c.command(ctx, "pg_ctl", "-D", filepath.Join(c.Dir, "data"), "-m", "immediate", "-w", "stop").CombinedOutput()
+	if err != nil {
+		return fmt.Errorf("pg_ctl stop: %w: %s", err, tail(out))
+	}
+	return nil
+}
+
+// Restart starts a server that StopImmediate stopped, on the same port.
+func (c *Cluster) Restart(ctx context.Context) error {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if c.stopped {
+		return errors.New("pgtest: restart of a removed cluster")
+	}
+	data := filepath.Join(c.Dir, "data")
+	out, err := c.command(ctx, "pg_ctl", "-D", data, "-l", filepath.Join(c.Dir, "postgres.log"),
+		"-o", fmt.Sprintf("-p %d", c.Port), "-w", "-t", "60", "start").CombinedOutput()
+	if err != nil {
+		logText, _ := os.ReadFile(filepath.Join(c.Dir, "postgres.log"))
+		return fmt.Errorf("pg_ctl start: %w: %s %s", err, tail(out), tail(logText))
+	}
+	return nil
+}
+
+// WaitForReplay waits until standby has replayed all the WAL c (its
+// primary) had written when WaitForReplay was called.
+func (c *Cluster) WaitForReplay(ctx context.Context, standby *Cluster) error {
+	lsn, err := c.QueryValue(ctx, "postgres", "SELECT pg_current_wal_lsn()")
+	if err != nil {
+		return fmt.Errorf("primary's WAL position: %w", err)
+	}
+	err = standby.poll(ctx, func(ctx context.Context) (bool, error) {
+		v, err := standby.QueryValue(ctx, "postgres",
+			fmt.Sprintf("SELECT pg_last_wal_replay_lsn() >= '%s'::pg_lsn", lsn))
+		return v == "t", err
+	})
+	if err != nil {
+		return fmt.Errorf("standby replay of %s: %w", lsn, err)
+	}
+	return nil
+}
+
+// Timeline returns the timeline the server is on: for a primary the one
+// it writes WAL on, for a standby the one of the WAL it last received (or,
+// with no WAL receiver running, of its last restartpoint).
+func (c *Cluster) Timeline(ctx context.Context) (int, error) {
+	v, err := c.QueryValue(ctx, "postgres", TimelineQuery)
+	if err != nil {
+		return 0, err
+	}
+	tl, err := strconv.Atoi(v)
+	if err != nil {
+		return 0, fmt.Errorf("timeline %q: %w", v, err)
+	}
+	return tl, nil
+}
+
+// TimelineQuery selects the timeline of the server it runs on; see
+// Timeline. pg_control_checkpoint() alone is not enough: a promoted
+// server reports its new timeline there only after its first checkpoint,
+// and a standby the timeline of its last restartpoint.
+const TimelineQuery = `SELECT CASE WHEN pg_is_in_recovery()
+	THEN coalesce((SELECT received_tli FROM pg_stat_wal_receiver), (pg_control_checkpoint()).timeline_id)
+	ELSE ('x' || substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8))::bit(32)::int END`
+
+// QueryValue runs sql as the superuser in database db and returns the first
+// column of its first row as text ("" for NULL).
+func (c *Cluster) QueryValue(ctx context.Context, db, sql string) (string, error) {
+	conn, err := pgconn.Connect(ctx, c.URL(db))
+	if err != nil {
+		return "", fmt.Errorf("connect to %s: %w", db, err)
+	}
+	defer conn.Close(context.Background())
+	res, err := conn.Exec(ctx, sql).ReadAll()
+	if err != nil {
+		return "", err
+	}
+	if len(res) == 0 || len(res[0].Rows) == 0 || len(res[0].Rows[0]) == 0 {
+		return "", fmt.Errorf("%s: no rows", sql)
+	}
+	return string(res[0].Rows[0][0]), nil
+}
+
+// poll calls done every 50ms until it reports true or ctx ends; errors
+// (a server still starting, say) are retried, the last is returned.
+func (c *Cluster) poll(ctx context.Context, done func(context.Context) (bool, error)) error {
+	var lastErr error
+	for {
+		ok, err := done(ctx)
+		if ok && err == nil {
+			return nil
+		}
+		if err != nil {
+			lastErr = err
+		}
+		select {
+		case <-ctx.Done():
+			if lastErr != nil {
+				return fmt.Errorf("%w (last error: %w)", ctx.Err(), lastErr)
+			}
+			return ctx.Err()
+		case <-time.After(50 * time.Millisecond):
+		}
+	}
 }
 
 // URL returns a superuser connection URL for database db.
