@@ -633,8 +633,14 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 
 	// The client is told its backend's real pid, so that pg_backend_pid(),
 	// pg_stat_activity and notifications agree with its driver; the
-	// secret is the proxy's own.
-	key, err := s.srv.cancels.registerPID(b.PID, backendCanceler{b})
+	// secret is the proxy's own. (A server that sent no BackendKeyData
+	// gets the client a random pid.)
+	var key cancelKey
+	if b.PID != 0 {
+		key, err = s.srv.cancels.registerPID(b.PID, backendCanceler{b})
+	} else {
+		key, err = s.srv.cancels.register(backendCanceler{b})
+	}
 	if err != nil {
 		return reasonNone, err
 	}
