@@ -6,7 +6,8 @@
 // upstream as the role of the client's tenant and capability, asserts the
 // tenant context with `SELECT set_tenant_context($1)` and only then hands
 // the connection over: the upstream's ParameterStatus messages are replayed,
-// the proxy's own BackendKeyData and a ReadyForQuery are sent, and from there
+// a BackendKeyData with the proxy's own secret (and, in session mode, the
+// backend's real pid) and a ReadyForQuery are sent, and from there
 // the client is served in session mode (one backend per client, package
 // sessionmode) or transaction mode (a backend per transaction, package
 // txmode).

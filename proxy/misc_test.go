@@ -1,63 +1,12 @@
 package proxy
 
 import (
-	"context"
 	"crypto/tls"
 	"net"
 	"testing"
 
 	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
 )
-
-type fakeTarget struct{ n int }
-
-func (f *fakeTarget) cancel(context.Context) error { f.n++; return nil }
-
-func TestCancelMap(t *testing.T) {
-	m := newCancelMap()
-	a, b := &fakeTarget{}, &fakeTarget{}
-	ka, err := m.register(a)
-	if err != nil {
-		t.Fatal(err)
-	}
-	kb, err := m.register(b)
-	if err != nil {
-		t.Fatal(err)
-	}
-	if ka.pid == 0 || ka.pid > 1<<31-1 || ka.pid == kb.pid {
-		t.Fatalf("pids %d %d", ka.pid, kb.pid)
-	}
-	wrong := ka.secret
-	wrong[0] ^= 1
-	tests := []struct {
-		name   string
-		pid    uint32
-		secret []byte
-		want   canceler
-		result cancelLookup
-	}{
-		{"right key", ka.pid, ka.secret[:], a, cancelFound},
-		{"other session's key", ka.pid, kb.secret[:], nil, cancelRefused},
-		{"wrong key", ka.pid, wrong[:], nil, cancelRefused},
-		{"short key", ka.pid, ka.secret[:3], nil, cancelRefused},
-		{"unknown pid", ka.pid ^ kb.pid ^ 1, ka.secret[:], nil, cancelUnknown},
-	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) {
-			got, res := m.lookup(tt.pid, tt.secret)
-			if got != tt.want || res != tt.result {
-				t.Fatalf("lookup = %v %s, want %v %s", got, res, tt.want, tt.result)
-			}
-		})
-	}
-	m.remove(ka)
-	if _, res := m.lookup(ka.pid, ka.secret[:]); res != cancelUnknown {
-		t.Fatalf("removed key still found: %s", res)
-	}
-	if m.len() != 1 {
-		t.Fatalf("len = %d", m.len())
-	}
-}
 
 func TestSessionTransitions(t *testing.T) {
 	legal := [][]sessionState{

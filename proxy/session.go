@@ -220,14 +220,17 @@ func (s *session) run(ctx context.Context) {
 
 	if s.tx != nil {
 		reason = s.forwardTransactions(ctx, tm)
+		s.srv.cancels.remove(s.key)
 	} else {
 		var reusable bool
 		reason, reusable = s.forward(tm)
+		// The key goes first: the backend keeps its pid for its next
+		// client, which this client's key must not reach.
+		s.srv.cancels.remove(s.key)
 		s.recycle(reusable)
 	}
 
 	tm.Connections.Dec()
-	s.srv.cancels.remove(s.key)
 	m.SessionEnd(reason.String())
 	_ = s.transition(stateClosed)
 	s.logger.Info("session closed", "reason", reason.String(),
@@ -289,8 +292,6 @@ func (s *session) forward(tm observe.Tenant) (endReason, bool) {
 		Loops:          s.srv.loops,
 		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
 		Channels:       s.rt.channels(s.tenantID),
-		BackendPID:     s.backend.PID,
-		ClientPID:      s.key.pid,
 		Forced:         &s.forced,
 	})
 	_ = s.transition(stateDraining)
@@ -630,7 +631,16 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 		return reasonNone, newClientError(reasonUpstreamFailed, codeConnectionFailure, err, "could not connect to the database server")
 	}
 
-	key, err := s.srv.cancels.register(backendCanceler{b})
+	// The client is told its backend's real pid, so that pg_backend_pid(),
+	// pg_stat_activity and notifications agree with its driver; the
+	// secret is the proxy's own. (A server that sent no BackendKeyData
+	// gets the client a random pid.)
+	var key cancelKey
+	if b.PID != 0 {
+		key, err = s.srv.cancels.registerPID(b.PID, backendCanceler{b})
+	} else {
+		key, err = s.srv.cancels.register(backendCanceler{b})
+	}
 	if err != nil {
 		return reasonNone, err
 	}
@@ -661,26 +671,4 @@ func peerCertificate(tc *tls.Conn) *x509.Certificate {
 		return nil
 	}
 	return st.PeerCertificates[0]
-}
-
-// cancelTimeout bounds forwarding one cancel request upstream.
-const cancelTimeout = 10 * time.Second
-
-// serveCancel forwards a client's CancelRequest if it names a live session
-// with the right key; otherwise it drops it silently, as PostgreSQL does.
-func (s *session) serveCancel(ctx context.Context, req *pgproto3.CancelRequest) {
-	target, result := s.srv.cancels.lookup(req.ProcessID, req.SecretKey)
-	if target != nil {
-		cctx, cancel := context.WithTimeout(ctx, cancelTimeout)
-		err := target.cancel(cctx)
-		cancel()
-		if err != nil {
-			result = observe.CancelError
-			s.logger.Warn("cancel request not delivered", "error", err)
-		}
-	}
-	if result == cancelRefused {
-		s.logger.Warn("cancel request with a wrong key for a live session refused")
-	}
-	s.srv.metrics.CancelRequest(string(result))
 }

@@ -58,11 +58,14 @@ func (n *Namespace) Prefix() string { return n.prefix }
 func (n *Namespace) Channel(name string) string { return n.prefix + name }
 
 // Notification maps the body of a NotificationResponse (process id,
-// channel, payload) for the client: the channel loses the namespace prefix
-// and the notifying process id, when it is the backend serving the client
-// (backendPID), becomes the process id the client was given (clientPID).
-// It reports false when the notification is outside the namespace and must
-// be dropped, or malformed. dst is reused for the result.
+// channel, payload) for the client: the channel loses the namespace prefix.
+// The notifying process id is the real pid of the backend that ran the
+// NOTIFY, which is what that session's pg_backend_pid() returns and, in
+// session mode, the pid its client was told; it passes unchanged unless
+// backendPID is nonzero, in which case that pid becomes clientPID (for a
+// client told another pid than its backend's; both pool modes pass 0). It
+// reports false when the notification is outside the namespace and must be
+// dropped, or malformed. dst is reused for the result.
 func (n *Namespace) Notification(dst, body []byte, backendPID, clientPID uint32) ([]byte, bool) {
 	if len(body) < 6 {
 		return dst, false

@@ -128,6 +128,7 @@ func TestNotificationMessage(t *testing.T) {
 	}{
 		{"own channel", notification(77, a.Channel("orders"), "hi"), notification(77, "orders", "hi"), 5},
 		{"own backend pid mapped", notification(5, a.Channel("orders"), "hi"), notification(9, "orders", "hi"), 5},
+		{"pid unchanged without a mapping", notification(5, a.Channel("orders"), "hi"), notification(5, "orders", "hi"), 0},
 		{"other tenant", notification(77, b.Channel("orders"), "secret"), nil, 5},
 		{"unprefixed", notification(77, "orders", "x"), nil, 5},
 		{"prefix only as substring", notification(77, "x"+a.Channel("orders"), "x"), nil, 5},

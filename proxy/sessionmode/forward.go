@@ -74,10 +74,6 @@ type Options struct {
 	// Channels is the tenant's notification channel namespace (nil: no
 	// message is read whole).
 	Channels *notify.Namespace
-	// BackendPID is the upstream backend's process id and ClientPID the
-	// one the client was told: a notification the client's own backend
-	// sent carries the latter.
-	BackendPID, ClientPID uint32
 	// Forced is set, from another goroutine, when the proxy closes the
 	// session because the drain deadline passed.
 	Forced *atomic.Bool
@@ -89,7 +85,7 @@ type Options struct {
 func (o *Options) framers() (fromClient, fromServer framer) {
 	fromClient = framer{fromClient: true, maxLen: o.MaxMessageSize, ns: o.Channels}
 	// The proxy consumed the backend's ReadyForQuery before handing over.
-	fromServer = framer{ns: o.Channels, backendPID: o.BackendPID, clientPID: o.ClientPID, status: 'I'}
+	fromServer = framer{ns: o.Channels, status: 'I'}
 	return fromClient, fromServer
 }
 

@@ -26,9 +26,6 @@ type framer struct {
 	fromClient bool
 	maxLen     int               // client side: longest message body allowed
 	ns         *notify.Namespace // nil: no message is read whole
-	// The upstream backend's process id and the one the client was told:
-	// a notification the client's own backend sent carries the latter.
-	backendPID, clientPID uint32
 
 	remaining int64 // body bytes of the current message still to pass
 	hdr       [5]byte
@@ -218,7 +215,10 @@ func (f *framer) edit(msg []byte) ([]byte, bool) {
 		}
 		return nil, false
 	}
-	out, ok := f.ns.NotificationMessage(nil, msg, f.backendPID, f.clientPID)
+	// The sender's pid passes unchanged: it is the backend that ran the
+	// NOTIFY, whose pid is the one the client was told when that backend
+	// is its own.
+	out, ok := f.ns.NotificationMessage(nil, msg, 0, 0)
 	if !ok {
 		f.dropped++
 	}

@@ -101,15 +101,15 @@ func TestFrameNotify(t *testing.T) {
 		{"own notification mapped", false,
 			cat(row, notification(7, ns.Channel("orders"), "hi"), row),
 			cat(row, notification(7, "orders", "hi"), row)},
-		{"own backend's pid is the client's", false,
-			notification(1234, ns.Channel("orders"), "hi"), notification(99, "orders", "hi")},
+		{"sender pids pass unchanged", false,
+			notification(1234, ns.Channel("orders"), "hi"), notification(1234, "orders", "hi")},
 		{"foreign notifications dropped", false,
 			cat(notification(7, other.Channel("orders"), "secret"), row, notification(7, "orders", "raw")),
 			row},
 	}
 	for _, tc := range tests {
 		for _, chunks := range [][]int{nil, {1}, {3, 2, 1, 7, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1, 1}, {6, 20}} {
-			f := &framer{fromClient: tc.fromClient, ns: ns, backendPID: 1234, clientPID: 99}
+			f := &framer{fromClient: tc.fromClient, ns: ns}
 			got, err := feedAll(f, tc.in, chunks)
 			if err != nil || !bytes.Equal(got, tc.want) {
 				t.Errorf("%s (reads %v):\n got %q err %v\nwant %q", tc.name, chunks, got, err, tc.want)
