@@ -6,7 +6,6 @@ import (
 	"errors"
 	"math/big"
 	"net"
-	"strings"
 	"sync"
 	"testing"
 	"time"
