@@ -144,8 +144,8 @@ func (st *steering) authFailed(tenant string) {
 type clientInfo struct {
 	user, tenant, mode, console, appName string
 	// database is the database a console session connected to.
-	database string
-	connectedAt                          time.Time
+	database    string
+	connectedAt time.Time
 }
 
 // consoleBackend is the console's view of the server (console.Backend).
