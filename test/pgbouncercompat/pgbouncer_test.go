@@ -4,8 +4,8 @@ import (
 	"database/sql"
 	"errors"
 	"strings"
-	"time"
 	"testing"
+	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
