@@ -307,6 +307,11 @@ type Console struct {
 	// users[].console connect to for the operator console; it is answered
 	// by the proxy itself and never forwarded upstream.
 	Database string `mapstructure:"database"`
+	// PgBouncerDatabase is the name of a second virtual database for
+	// console users that answers PgBouncer's SHOW commands with
+	// PgBouncer's columns, for PgBouncer's exporters and monitoring
+	// checks (see docs/console.md); empty disables it.
+	PgBouncerDatabase string `mapstructure:"pgbouncer_database"`
 }
 
 // Console roles of users[].console.
@@ -459,6 +464,7 @@ var defaults = map[string]any{
 	"probe.enabled":                    false,
 	"probe.interval":                   "30s",
 	"console.database":                 "vitalproxy",
+	"console.pgbouncer_database":       "pgbouncer",
 }
 
 // Defaults returns every key Load knows with its default (durations as
@@ -628,6 +634,9 @@ func (c *Config) Validate() error {
 	}
 	if c.Console.Database == "" {
 		errs = append(errs, errors.New("console.database must not be empty"))
+	}
+	if c.Console.PgBouncerDatabase != "" && c.Console.PgBouncerDatabase == c.Console.Database {
+		errs = append(errs, errors.New("console.pgbouncer_database must differ from console.database"))
 	}
 	return joinErrors(errs)
 }

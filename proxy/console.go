@@ -143,7 +143,9 @@ func (st *steering) authFailed(tenant string) {
 // it never changes after it is published.
 type clientInfo struct {
 	user, tenant, mode, console, appName string
-	connectedAt                          time.Time
+	// database is the database a console session connected to.
+	database    string
+	connectedAt time.Time
 }
 
 // consoleBackend is the console's view of the server (console.Backend).
@@ -363,53 +365,9 @@ func (s *Server) showUsers() *console.Table {
 
 // showStats reads the per-tenant counters back from the metrics registry.
 func (s *Server) showStats() (*console.Table, error) {
-	mfs, err := s.registry.Gather()
+	rows, err := s.statsByTenant()
 	if err != nil {
-		return nil, fmt.Errorf("gather metrics: %w", err)
-	}
-	type row struct {
-		tx, c2s, s2c, waits, timeouts float64
-		waitSum                       float64
-	}
-	rows := map[string]*row{}
-	get := func(tenant string) *row {
-		r := rows[tenant]
-		if r == nil {
-			r = &row{}
-			rows[tenant] = r
-		}
-		return r
-	}
-	label := func(m *dto.Metric, name string) string {
-		for _, l := range m.GetLabel() {
-			if l.GetName() == name {
-				return l.GetValue()
-			}
-		}
-		return ""
-	}
-	for _, mf := range mfs {
-		for _, m := range mf.GetMetric() {
-			tenant := label(m, "tenant")
-			if tenant == "" {
-				continue
-			}
-			switch mf.GetName() {
-			case "vitalproxy_transactions_total":
-				get(tenant).tx += m.GetCounter().GetValue()
-			case "vitalproxy_bytes_total":
-				if label(m, "direction") == "client_to_server" {
-					get(tenant).c2s += m.GetCounter().GetValue()
-				} else {
-					get(tenant).s2c += m.GetCounter().GetValue()
-				}
-			case "vitalproxy_pool_wait_seconds":
-				get(tenant).waits += float64(m.GetHistogram().GetSampleCount())
-				get(tenant).waitSum += m.GetHistogram().GetSampleSum()
-			case "vitalproxy_pool_queue_timeouts_total":
-				get(tenant).timeouts += m.GetCounter().GetValue()
-			}
-		}
+		return nil, err
 	}
 	t := &console.Table{Columns: []string{"tenant", "transactions", "bytes_client_to_server", "bytes_server_to_client",
 		"queued_waits", "avg_wait_ms", "queue_timeouts"}}
@@ -428,6 +386,16 @@ func (s *Server) showStats() (*console.Table, error) {
 		t.Rows = append(t.Rows, []string{n, f(r.tx), f(r.c2s), f(r.s2c), f(r.waits), strconv.FormatFloat(avg, 'f', 3, 64), f(r.timeouts)})
 	}
 	return t, nil
+}
+
+// metricLabel is the value of a metric's label ("" without it).
+func metricLabel(m *dto.Metric, name string) string {
+	for _, l := range m.GetLabel() {
+		if l.GetName() == name {
+			return l.GetValue()
+		}
+	}
+	return ""
 }
 
 // busy describes what still holds the tenants' server connections.

@@ -17,12 +17,13 @@ func (consoleCanceler) cancel(context.Context) error { return nil }
 
 // setupConsole finishes the start-up of a console session: no backend,
 // the console's own ParameterStatus values, then ReadyForQuery.
-func (s *session) setupConsole(id *auth.Identity, settings map[string]string, wire *startup.Wire) (endReason, error) {
+func (s *session) setupConsole(id *auth.Identity, db string, settings map[string]string, wire *startup.Wire) (endReason, error) {
 	s.consoleID = id
 	s.consoleSettings = settings
+	s.consoleDB = db
 	s.isConsole.Store(true)
 	s.logger = s.logger.With("console", id.Console)
-	s.info.Store(&clientInfo{user: id.User, console: id.Console, mode: "console",
+	s.info.Store(&clientInfo{user: id.User, console: id.Console, mode: "console", database: db,
 		appName: settings["application_name"], connectedAt: s.start})
 	if err := s.conn.SetDeadline(time.Time{}); err != nil {
 		return reasonNone, err
@@ -48,7 +49,8 @@ func (s *session) setupConsole(id *auth.Identity, settings map[string]string, wi
 // serveConsole answers the console session until it ends.
 func (s *session) serveConsole(ctx context.Context) {
 	id := s.consoleID
-	s.logger.Info("console session opened", "user", id.User, "tenants", id.ConsoleTenants)
+	dialect := pgbDialect(s.rt.cfg, s.consoleDB)
+	s.logger.Info("console session opened", "user", id.User, "tenants", id.ConsoleTenants, "database", s.consoleDB)
 	err := console.Serve(ctx, s.conn, console.Options{
 		Backend:        consoleBackend{s.srv},
 		User:           id.User,
@@ -57,6 +59,7 @@ func (s *session) serveConsole(ctx context.Context) {
 		Settings:       s.consoleSettings,
 		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
 		Logger:         s.logger,
+		Dialect:        dialect,
 		Count:          s.srv.metrics.ConsoleCommand,
 	})
 	_ = s.transition(stateDraining)

@@ -111,6 +111,9 @@ func buildRuntime(cfg *config.Config) (*runtimeConfig, error) {
 	if cfg.Console.Database == dialer.Database() {
 		return nil, fmt.Errorf("console.database %q is the upstream database's name; pick another name for the console", cfg.Console.Database)
 	}
+	if cfg.Console.PgBouncerDatabase != "" && cfg.Console.PgBouncerDatabase == dialer.Database() {
+		return nil, fmt.Errorf("console.pgbouncer_database %q is the upstream database's name; pick another name or set it empty", cfg.Console.PgBouncerDatabase)
+	}
 	tc, err := buildTLS(cfg.TLS)
 	if err != nil {
 		return nil, err

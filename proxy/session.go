@@ -137,6 +137,9 @@ type session struct {
 	consoleID *auth.Identity
 	// consoleSettings are a console session's startup settings.
 	consoleSettings map[string]string
+	// consoleDB is the database a console session connected to: the
+	// console's or the PgBouncer-compatible one.
+	consoleDB string
 }
 
 // kill ends the session on an operator's command (KILL CLIENT).
@@ -518,7 +521,8 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	// The console works while the proxy drains and is exempt from the
 	// client limits.
-	isConsole := params.Database == rt.cfg.Console.Database
+	isConsole := params.Database == rt.cfg.Console.Database ||
+		(rt.cfg.Console.PgBouncerDatabase != "" && params.Database == rt.cfg.Console.PgBouncerDatabase)
 	if !isConsole {
 		if s.srv.draining.Load() {
 			return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
@@ -552,7 +556,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	s.user = id.User
 	if isConsole {
-		return s.setupConsole(id, params.Runtime, wire)
+		return s.setupConsole(id, params.Database, params.Runtime, wire)
 	}
 	s.tenant = id.Tenant.Slug
 	s.logger = s.logger.With("tenant", id.Tenant.Slug)

@@ -83,6 +83,8 @@ type fakeBackend struct {
 	paused  []string
 	killed  []string
 	clients map[string]string // id -> tenant
+	// pgbScopes are ShowPgBouncer's calls: topic:tenants.
+	pgbScopes []string
 }
 
 func (f *fakeBackend) Show(_ context.Context, topic string) (*Table, error) {
@@ -120,6 +122,15 @@ func (f *fakeBackend) Reload(context.Context) (string, error) {
 }
 func (f *fakeBackend) SetTenantLimit(context.Context, string, string, int) error { return nil }
 func (f *fakeBackend) Version() string                                           { return "test" }
+
+func (f *fakeBackend) ShowPgBouncer(_ context.Context, topic string, tenants []string) (*Table, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.pgbScopes = append(f.pgbScopes, topic+":"+strings.Join(tenants, ","))
+	return &Table{Columns: []string{"database", "user", "cl_active", "total_xact_count", "total_sent"},
+		Types: []uint32{OIDText, OIDText, OIDInt4, OIDNumeric, OIDInt8},
+		Rows:  [][]string{{"app", "a", "3", "123456789", "70000"}}}, nil
+}
 
 // client is the frontend end of a console session over a pipe.
 type client struct {

@@ -80,8 +80,11 @@ type Command struct {
 
 // Metric is the command label of the command's metric.
 func (c *Command) Metric() string {
-	if c.Kind == KindShow {
+	switch c.Kind {
+	case KindShow:
 		return "show_" + c.Topic
+	case KindPgBouncerShow:
+		return "pgbouncer_show_" + c.Topic
 	}
 	return string(c.Kind)
 }

@@ -66,6 +66,8 @@ func (s *session) dispatch(ctx context.Context, cmd *Command) (*result, error) {
 	switch cmd.Kind {
 	case KindShow:
 		return s.show(ctx, cmd)
+	case KindPgBouncerShow:
+		return s.showPgBouncer(ctx, cmd)
 	case KindShowSetting:
 		v, ok := s.settings[cmd.Topic]
 		if !ok {

@@ -24,6 +24,9 @@ type Table struct {
 	// tenant-bound user's view filter rows; -1: the rows belong to no
 	// tenant.
 	TenantColumn int
+	// Types are the columns' type OIDs (OIDText, OIDInt4, ...); nil: every
+	// column is text.
+	Types []uint32
 }
 
 // Backend is what the console reads and steers: the proxy implements it.
@@ -53,6 +56,11 @@ type Backend interface {
 	// SetTenantLimit changes a tenant's limit (LimitMaxServerConns) at
 	// run time.
 	SetTenantLimit(ctx context.Context, tenant, limit string, value int) error
+	// ShowPgBouncer returns a table of the PgBouncer-compatible database
+	// (a PgBouncer* topic other than PgBouncerVersion and PgBouncerHelp)
+	// with PgBouncer's columns and types, limited to the tenants given
+	// (nil: every tenant).
+	ShowPgBouncer(ctx context.Context, topic string, tenants []string) (*Table, error)
 	// Version is the proxy's version.
 	Version() string
 }
@@ -72,6 +80,9 @@ type Options struct {
 	// session.
 	MaxMessageSize int
 	Logger         *slog.Logger
+	// Dialect is the session's command language: the console's (the
+	// default) or PgBouncer's.
+	Dialect Dialect
 	// Count, when set, counts each command (command label, result label).
 	Count func(command, result string)
 }
@@ -160,9 +171,18 @@ type portal struct {
 	sent    int     // rows of res sent so far
 }
 
+// parse parses one statement in the session's dialect.
+func (s *session) parse(stmt string) (*Command, error) {
+	if s.opts.Dialect == DialectPgBouncer {
+		return ParsePgBouncer(stmt)
+	}
+	return Parse(stmt)
+}
+
 // result is a command's answer.
 type result struct {
 	cols    []string // nil: no rows (NoData)
+	types   []uint32 // the columns' type OIDs; nil: all text
 	rows    [][]string
 	tag     string
 	notices []string
@@ -254,7 +274,7 @@ func (s *session) handle(ctx context.Context, msg pgproto3.FrontendMessage) (boo
 		if len(cmds) == 1 {
 			text = cmds[0]
 		}
-		cmd, err := Parse(text)
+		cmd, err := s.parse(text)
 		if err != nil {
 			s.count(string(KindOther), "", err)
 			s.extendedError(err)
@@ -335,7 +355,7 @@ func (s *session) simpleQuery(ctx context.Context, text string) {
 		return
 	}
 	for _, st := range stmts {
-		cmd, err := Parse(st)
+		cmd, err := s.parse(st)
 		if err != nil {
 			s.count(string(KindOther), st, err)
 			s.sendError(err)
@@ -385,13 +405,13 @@ func (s *session) describe(ctx context.Context, m *pgproto3.Describe) {
 	if p != nil {
 		p.res = res
 	}
-	s.be.Send(rowDescription(res.cols, formats))
+	s.be.Send(rowDescription(res.cols, res.types, formats))
 }
 
 // returnsRows reports whether cmd answers with rows (and changes nothing).
 func returnsRows(cmd *Command) bool {
 	switch cmd.Kind {
-	case KindShow, KindShowSetting, KindSelect:
+	case KindShow, KindShowSetting, KindSelect, KindPgBouncerShow:
 		return true
 	}
 	return false
@@ -430,7 +450,7 @@ func (s *session) sendResult(res *result, formats []int16, from, maxRows int) in
 		return from
 	}
 	if formats == nil && from == 0 && res.cols != nil {
-		s.be.Send(rowDescription(res.cols, nil))
+		s.be.Send(rowDescription(res.cols, res.types, nil))
 	}
 	i := from
 	for ; i < len(res.rows); i++ {
@@ -441,6 +461,11 @@ func (s *session) sendResult(res *result, formats []int16, from, maxRows int) in
 		vals := make([][]byte, len(res.rows[i]))
 		for j, v := range res.rows[i] {
 			vals[j] = []byte(v)
+			if formatOf(formats, j) == 1 && j < len(res.types) {
+				if b, ok := encodeBinary(res.types[j], v); ok {
+					vals[j] = b
+				}
+			}
 		}
 		s.be.Send(&pgproto3.DataRow{Values: vals})
 	}
@@ -456,21 +481,34 @@ func (s *session) sendResult(res *result, formats []int16, from, maxRows int) in
 	return i
 }
 
-// textOID is the type of every console column.
-const textOID = 25
+// formatOf is column i's format code of a Bind's result formats.
+func formatOf(formats []int16, i int) int16 {
+	switch {
+	case len(formats) == 1:
+		return formats[0]
+	case i < len(formats):
+		return formats[i]
+	}
+	return 0
+}
 
-func rowDescription(cols []string, formats []int16) *pgproto3.RowDescription {
+// typeSizes are the fixed sizes of the typed columns' types.
+var typeSizes = map[uint32]int16{OIDInt4: 4, OIDInt8: 8}
+
+func rowDescription(cols []string, types []uint32, formats []int16) *pgproto3.RowDescription {
 	rd := &pgproto3.RowDescription{Fields: make([]pgproto3.FieldDescription, len(cols))}
 	for i, c := range cols {
-		var f int16
-		switch {
-		case len(formats) == 1:
-			f = formats[0]
-		case i < len(formats):
-			f = formats[i]
+		oid := OIDText
+		if i < len(types) {
+			oid = types[i]
 		}
-		// Text in the binary format is the same bytes.
-		rd.Fields[i] = pgproto3.FieldDescription{Name: []byte(c), DataTypeOID: textOID, DataTypeSize: -1, TypeModifier: -1, Format: f}
+		size, ok := typeSizes[oid]
+		if !ok {
+			size = -1
+		}
+		// Text in the binary format is the same bytes; typed columns are
+		// encoded (encodeBinary).
+		rd.Fields[i] = pgproto3.FieldDescription{Name: []byte(c), DataTypeOID: oid, DataTypeSize: size, TypeModifier: -1, Format: formatOf(formats, i)}
 	}
 	return rd
 }
