@@ -194,8 +194,8 @@ func waitErr(ctx context.Context, ch <-chan error) error {
 	}
 }
 
-// backendPID returns the server process id of conn's session (through the
-// proxy PgConn().PID() is the proxy's own key, not the backend's).
+// backendPID returns the server process id of conn's session (in
+// transaction mode PgConn().PID() is the proxy's own key, not a backend's).
 func backendPID(ctx context.Context, conn *pgx.Conn) (int32, error) {
 	return scalar[int32](ctx, conn, "SELECT pg_backend_pid()")
 }
