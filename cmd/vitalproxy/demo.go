@@ -188,7 +188,10 @@ func runDemo(ctx context.Context, base *config.Config, o demoOptions, out io.Wri
 	}
 	cfg := *base
 	cfg.DatabaseURL = config.Secret(env.adminURL)
-	cfg.Upstream = config.Upstream{URL: withoutUser(env.adminURL), AdminURL: config.Secret(env.adminURL), ConnectTimeout: 10 * time.Second}
+	// The other upstream keys keep their defaults.
+	cfg.Upstream.URL, cfg.Upstream.Hosts = withoutUser(env.adminURL), nil
+	cfg.Upstream.AdminURL = config.Secret(env.adminURL)
+	cfg.Upstream.ConnectTimeout = 10 * time.Second
 	cfg.RoleSecret = config.Secret(base64.StdEncoding.EncodeToString(secret))
 	cfg.RoleSecretFile = ""
 	cfg.RolePrefix = env.prefix

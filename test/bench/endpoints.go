@@ -176,7 +176,10 @@ func proxyBaseConfig(b *bench, file string) (*config.Config, error) {
 		u.User = nil
 		upstream = u.String()
 	}
-	cfg.Upstream = config.Upstream{URL: upstream, AdminURL: config.Secret(b.adminURL), ConnectTimeout: 10 * time.Second}
+	// The other upstream keys keep their defaults.
+	cfg.Upstream.URL, cfg.Upstream.Hosts = upstream, nil
+	cfg.Upstream.AdminURL = config.Secret(b.adminURL)
+	cfg.Upstream.ConnectTimeout = 10 * time.Second
 	cfg.RoleSecret = config.Secret(base64.StdEncoding.EncodeToString(b.secret))
 	cfg.RoleSecretFile = ""
 	cfg.RolePrefix = rolePrefix
