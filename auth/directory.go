@@ -119,14 +119,17 @@ func UsersFromConfig(cfg *config.Config) []User {
 // the administrative connection.
 func LoadDirectory(ctx context.Context, cfg *config.Config, admin Querier) (*Directory, error) {
 	users := UsersFromConfig(cfg)
-	rows, err := admin.Query(ctx, `SELECT name, password, tenants, read_only, platform_admin, coalesce(pool_mode, '')
-		FROM vital.proxy_users ORDER BY name`)
+	// console came with migration 20251026000007; to_jsonb reads it where
+	// it exists and gives NULL where it does not.
+	rows, err := admin.Query(ctx, `SELECT name, password, tenants, read_only, platform_admin, coalesce(pool_mode, ''),
+		coalesce(pg_catalog.to_jsonb(u) ->> 'console', '')
+		FROM vital.proxy_users u ORDER BY name`)
 	if err != nil {
 		return nil, fmt.Errorf("load users from vital.proxy_users: %w", err)
 	}
 	for rows.Next() {
 		var u User
-		if err := rows.Scan(&u.Name, &u.Verifier, &u.Tenants, &u.ReadOnly, &u.PlatformAdmin, &u.PoolMode); err != nil {
+		if err := rows.Scan(&u.Name, &u.Verifier, &u.Tenants, &u.ReadOnly, &u.PlatformAdmin, &u.PoolMode, &u.Console); err != nil {
 			rows.Close()
 			return nil, fmt.Errorf("load users: %w", err)
 		}

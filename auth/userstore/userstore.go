@@ -77,6 +77,9 @@ type User struct {
 	PlatformAdmin bool
 	// PoolMode is "session", "transaction" or "" for the proxy's default.
 	PoolMode string
+	// Console is the user's operator console role: "admin", "stats" or ""
+	// (none). A console user may have no tenants (console only).
+	Console string
 }
 
 var nameRE = regexp.MustCompile(`^[A-Za-z0-9_][A-Za-z0-9_.+-]{0,62}$`)
@@ -136,8 +139,16 @@ func validatePoolMode(mode string) error {
 // checkTenants checks that every slug names a tenant and, for a platform
 // admin, that every tenant is of type platform.
 func checkTenants(ctx context.Context, db DB, u User) error {
+	switch u.Console {
+	case "", "admin", "stats":
+	default:
+		return errorf(ErrInvalid, "console must be admin or stats, not %q", u.Console)
+	}
 	if len(u.Tenants) == 0 {
-		return errorf(ErrInvalid, "user %q needs at least one tenant", u.Name)
+		if u.Console != "" {
+			return nil // a console-only user
+		}
+		return errorf(ErrInvalid, "user %q needs at least one tenant (or a console role)", u.Name)
 	}
 	seen := map[string]bool{}
 	for _, s := range u.Tenants {
@@ -231,10 +242,14 @@ func Add(ctx context.Context, db DB, u User) error {
 	if err := Check(ctx, db, u); err != nil {
 		return err
 	}
+	tenants := u.Tenants
+	if tenants == nil {
+		tenants = []string{}
+	}
 	_, err := db.Exec(ctx, `
-		INSERT INTO vital.proxy_users (name, password, tenants, read_only, platform_admin, pool_mode)
-		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''))`,
-		u.Name, u.Verifier, u.Tenants, u.ReadOnly, u.PlatformAdmin, u.PoolMode)
+		INSERT INTO vital.proxy_users (name, password, tenants, read_only, platform_admin, pool_mode, console)
+		VALUES ($1, $2, $3, $4, $5, NULLIF($6, ''), NULLIF($7, ''))`,
+		u.Name, u.Verifier, tenants, u.ReadOnly, u.PlatformAdmin, u.PoolMode, u.Console)
 	var pgErr *pgconn.PgError
 	if errors.As(err, &pgErr) && pgErr.Code == "23505" {
 		return userExists(u.Name)
@@ -312,14 +327,15 @@ func load(ctx context.Context, q Querier, name string) ([]User, error) {
 		return nil, err
 	}
 	rows, err := q.Query(ctx, `
-		SELECT name, password, tenants, read_only, platform_admin, coalesce(pool_mode, '')
-		FROM vital.proxy_users WHERE $1 = '' OR name = $1 ORDER BY name`, name)
+		SELECT name, password, tenants, read_only, platform_admin, coalesce(pool_mode, ''),
+		       coalesce(pg_catalog.to_jsonb(u) ->> 'console', '')
+		FROM vital.proxy_users u WHERE $1 = '' OR name = $1 ORDER BY name`, name)
 	if err != nil {
 		return nil, fmt.Errorf("load users: %w", err)
 	}
 	us, err := pgx.CollectRows(rows, func(r pgx.CollectableRow) (User, error) {
 		var u User
-		err := r.Scan(&u.Name, &u.Verifier, &u.Tenants, &u.ReadOnly, &u.PlatformAdmin, &u.PoolMode)
+		err := r.Scan(&u.Name, &u.Verifier, &u.Tenants, &u.ReadOnly, &u.PlatformAdmin, &u.PoolMode, &u.Console)
 		return u, err
 	})
 	if err != nil {

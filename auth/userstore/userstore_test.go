@@ -102,7 +102,9 @@ func TestRoundTrip(t *testing.T) {
 	users := []userstore.User{
 		{Name: "alice", Verifier: verifier(t, "alice-pw"), Tenants: []string{"acme", "globex"}, PoolMode: "transaction"},
 		{Name: "bob.ro", Verifier: verifier(t, "bob-pw"), Tenants: []string{"globex"}, ReadOnly: true},
+		{Name: "ops", Verifier: verifier(t, "ops-pw"), Console: "admin"},
 		{Name: "root", Verifier: verifier(t, "root-pw"), Tenants: []string{"vital-platform"}, PlatformAdmin: true, PoolMode: "session"},
+		{Name: "watch", Verifier: verifier(t, "watch-pw"), Tenants: []string{"acme"}, Console: "stats"},
 	}
 	for _, u := range users {
 		if err := userstore.Add(ctx, conn, u); err != nil {
@@ -120,7 +122,7 @@ func TestRoundTrip(t *testing.T) {
 		for i, u := range users {
 			g := got[i]
 			if g.Name != u.Name || g.Verifier != u.Verifier || strings.Join(g.Tenants, ",") != strings.Join(u.Tenants, ",") ||
-				g.ReadOnly != u.ReadOnly || g.PlatformAdmin != u.PlatformAdmin || g.PoolMode != u.PoolMode {
+				g.ReadOnly != u.ReadOnly || g.PlatformAdmin != u.PlatformAdmin || g.PoolMode != u.PoolMode || g.Console != u.Console {
 				t.Errorf("user %d = %+v, want %+v", i, g, u)
 			}
 		}
@@ -130,7 +132,7 @@ func TestRoundTrip(t *testing.T) {
 	})
 	t.Run("list/no-verifier", func(t *testing.T) {
 		got, err := userstore.List(ctx, conn)
-		if err != nil || len(got) != 3 {
+		if err != nil || len(got) != len(users) {
 			t.Fatalf("List = %+v, %v", got, err)
 		}
 		for _, u := range got {
@@ -187,6 +189,9 @@ func TestRejects(t *testing.T) {
 		{name: "add/no-tenant", run: func() error {
 			return userstore.Add(ctx, conn, userstore.User{Name: "x", Verifier: v})
 		}, want: userstore.ErrInvalid},
+		{name: "add/bad-console", run: func() error {
+			return userstore.Add(ctx, conn, userstore.User{Name: "x", Verifier: v, Console: "root"})
+		}, want: userstore.ErrInvalid, wantMsg: `console must be admin or stats, not "root"`},
 		{name: "add/twice-tenant", run: func() error {
 			return userstore.Add(ctx, conn, userstore.User{Name: "x", Verifier: v, Tenants: []string{"acme", "acme"}})
 		}, want: userstore.ErrInvalid},

@@ -44,7 +44,7 @@ func closeUserDB(conn *pgx.Conn) { conn.Close(context.WithoutCancel(context.Back
 func newUserAddCommand() *cobra.Command {
 	var u userstore.User
 	cmd := &cobra.Command{
-		Use:   "add NAME --tenant SLUG [--tenant SLUG ...]",
+		Use:   "add NAME --tenant SLUG [--tenant SLUG ...] [--console admin|stats]",
 		Short: "Add a user; the password is read from stdin",
 		Long: `Add a proxy user. The password is read from stdin and stored as a
 SCRAM-SHA-256 verifier.
@@ -52,7 +52,9 @@ SCRAM-SHA-256 verifier.
 --tenant may be repeated (or given a comma-separated list); the first tenant
 is the default. --read-only maps the user to its tenants' read-only roles;
 --platform-admin to the admin role, and is only allowed when every tenant of
-the user is of type platform.`,
+the user is of type platform. --console admin or stats lets the user reach
+the operator console (console.database): a console user with tenants sees
+and steers only those, one without --tenant is a console-only user.`,
 		Args: cobra.ExactArgs(1),
 		RunE: func(cmd *cobra.Command, args []string) error {
 			u.Name = args[0]
@@ -71,7 +73,14 @@ the user is of type platform.`,
 			if err := userstore.Add(cmd.Context(), conn, u); err != nil {
 				return err
 			}
-			fmt.Fprintf(cmd.OutOrStdout(), "added user %s (tenants: %s)\n", u.Name, strings.Join(u.Tenants, ", "))
+			what := "tenants: " + strings.Join(u.Tenants, ", ")
+			if len(u.Tenants) == 0 {
+				what = "console only"
+			}
+			if u.Console != "" {
+				what += "; console: " + u.Console
+			}
+			fmt.Fprintf(cmd.OutOrStdout(), "added user %s (%s)\n", u.Name, what)
 			return nil
 		},
 	}
@@ -80,7 +89,7 @@ the user is of type platform.`,
 	f.BoolVar(&u.ReadOnly, "read-only", false, "connect as the tenants' read-only roles")
 	f.BoolVar(&u.PlatformAdmin, "platform-admin", false, "connect as the platform tenant's admin role (platform tenants only)")
 	f.StringVar(&u.PoolMode, "pool-mode", "", "session or transaction (default: pool.mode)")
-	_ = cmd.MarkFlagRequired("tenant")
+	f.StringVar(&u.Console, "console", "", "operator console role: admin (every command) or stats (SHOW only)")
 	return cmd
 }
 
@@ -100,14 +109,18 @@ func newUserListCommand() *cobra.Command {
 				return err
 			}
 			tw := tabwriter.NewWriter(cmd.OutOrStdout(), 0, 4, 2, ' ', 0)
-			fmt.Fprintln(tw, "NAME\tTENANTS\tREAD_ONLY\tPLATFORM_ADMIN\tPOOL_MODE")
+			fmt.Fprintln(tw, "NAME\tTENANTS\tREAD_ONLY\tPLATFORM_ADMIN\tPOOL_MODE\tCONSOLE")
 			for _, u := range us {
 				mode := u.PoolMode
 				if mode == "" {
 					mode = "default"
 				}
-				fmt.Fprintf(tw, "%s\t%s\t%t\t%t\t%s\n", printable(u.Name), printable(strings.Join(u.Tenants, ",")),
-					u.ReadOnly, u.PlatformAdmin, printable(mode))
+				console := u.Console
+				if console == "" {
+					console = "-"
+				}
+				fmt.Fprintf(tw, "%s\t%s\t%t\t%t\t%s\t%s\n", printable(u.Name), printable(strings.Join(u.Tenants, ",")),
+					u.ReadOnly, u.PlatformAdmin, printable(mode), console)
 			}
 			return tw.Flush()
 		},

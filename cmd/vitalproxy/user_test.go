@@ -86,7 +86,7 @@ func TestUserCommands(t *testing.T) {
 		{name: "add/bad-pool-mode", stdin: "x-secret\n", args: []string{"user", "add", "bob", "--tenant", "acme", "--pool-mode", "statement"},
 			wantErr: `invalid pool mode "statement": must be session or transaction`},
 		{name: "add/empty-password", stdin: "\n", args: []string{"user", "add", "bob", "--tenant", "acme"}, wantErr: "empty password refused"},
-		{name: "add/no-tenant", stdin: "x-secret\n", args: []string{"user", "add", "bob"}, wantErr: `required flag(s) "tenant" not set`},
+		{name: "add/no-tenant", stdin: "x-secret\n", args: []string{"user", "add", "bob"}, wantErr: `user "bob" needs at least one tenant (or a console role)`},
 		{name: "list", args: []string{"user", "list"},
 			want: []string{"NAME", "TENANTS", "alice", "acme,globex", "transaction", "root", "vital-platform", "true", "reader", "globex,acme", "default"},
 			check: func(t *testing.T) {

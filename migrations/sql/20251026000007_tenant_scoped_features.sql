@@ -428,7 +428,14 @@ END
 $$;
 -- +goose StatementEnd
 
+-- Console roles of the user store's users (vitalproxy user add --console):
+-- admin or stats, as users[].console in the config file.
+ALTER TABLE vital.proxy_users ADD COLUMN IF NOT EXISTS console text
+    CONSTRAINT proxy_users_console_check CHECK (console IN ('admin', 'stats'));
+
 -- +goose Down
+
+ALTER TABLE vital.proxy_users DROP COLUMN IF EXISTS console;
 
 -- +goose StatementBegin
 DO $$
