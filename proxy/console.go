@@ -493,7 +493,11 @@ func (b consoleBackend) KillClient(_ context.Context, id string) error {
 		return console.Errorf(console.CodeBadValue, "no client with id %q", id)
 	}
 	b.s.logger.Info("killing a client on a console command", "session", id)
-	sess.kill()
+	if sess.isConsole.Load() {
+		sess.kill()
+	} else {
+		sess.endByOperator(operatorEnded("KILL CLIENT " + id))
+	}
 	return nil
 }
 

@@ -99,7 +99,7 @@ type fakeBackend struct {
 	killed   []string
 	canceled []string
 	// calls are the other steering calls: name:tenants.
-	calls []string
+	calls   []string
 	clients map[string]string // id -> tenant
 	// pgbScopes are ShowPgBouncer's calls: topic:tenants.
 	pgbScopes []string

@@ -118,6 +118,7 @@ const (
 	CodeBadStatement    = "26000"
 	CodeBadPortal       = "34000"
 	CodeInUse           = "55006"
+	CodeBadState        = "55000"
 	CodeInternal        = "XX000"
 )
 
