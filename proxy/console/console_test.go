@@ -33,6 +33,7 @@ func TestParse(t *testing.T) {
 		"enable tenant x":                          {Kind: KindEnable, Tenant: "x"},
 		"RELOAD":                                   {Kind: KindReload},
 		"SET TENANT x max_server_conns = 5":        {Kind: KindSetTenant, Tenant: "x", Name: LimitMaxServerConns, Value: "5", Int: 5},
+		"SET TENANT x max_client_conns TO 0":       {Kind: KindSetTenant, Tenant: "x", Name: LimitMaxClientConns, Value: "0"},
 		"SET extra_float_digits = 3":               {Kind: KindSet, Name: "extra_float_digits", Value: "3"},
 		"SET application_name TO 'psql'":           {Kind: KindSet, Name: "application_name", Value: "psql"},
 		"SET DateStyle = 'ISO', 'MDY'":             {Kind: KindSet, Name: "datestyle", Value: "ISO, MDY"},

@@ -57,6 +57,7 @@ var topics = map[string]bool{TopicTenants: true, TopicPools: true, TopicClients:
 // Limits SET TENANT may change.
 const (
 	LimitMaxServerConns = "max_server_conns"
+	LimitMaxClientConns = "max_client_conns"
 )
 
 // DefaultPauseTimeout is how long PAUSE waits for busy backends without
@@ -449,8 +450,8 @@ func (p *parser) set() (*Command, error) {
 		if err := p.end(); err != nil {
 			return nil, err
 		}
-		if c.Name != LimitMaxServerConns {
-			return nil, Errorf(CodeBadValue, "unknown tenant limit %q; SET TENANT changes %s", c.Name, LimitMaxServerConns)
+		if c.Name != LimitMaxServerConns && c.Name != LimitMaxClientConns {
+			return nil, Errorf(CodeBadValue, "unknown tenant limit %q; SET TENANT changes %s and %s", c.Name, LimitMaxServerConns, LimitMaxClientConns)
 		}
 		n, err := strconv.Atoi(c.Value)
 		if err != nil || n < 0 {

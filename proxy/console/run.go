@@ -276,5 +276,6 @@ var Help = [][2]string{
 	{"RECONNECT [TENANT slug]", "admin: close the tenant's (or every) server connections, idle ones now, the others when released"},
 	{"SHUTDOWN [WAIT]", "admin, unbound users only: stop the proxy as SIGTERM does; WAIT: wait for every client to leave, without limits.shutdown_timeout"},
 	{"SET TENANT slug max_server_conns = n", "admin: change the tenant's cap on server connections until restart (0: back to the configured cap)"},
+	{"SET TENANT slug max_client_conns = n", "admin: change the tenant's cap on client connections until restart (0: back to the configured cap)"},
 	{"RELOAD", "admin, unbound users only: re-read the configuration, users and tenants"},
 }

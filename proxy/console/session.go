@@ -67,8 +67,8 @@ type Backend interface {
 	// Reload re-reads the configuration, users and tenants and says what
 	// changed.
 	Reload(ctx context.Context) (string, error)
-	// SetTenantLimit changes a tenant's limit (LimitMaxServerConns) at
-	// run time.
+	// SetTenantLimit changes a tenant's limit (LimitMaxServerConns,
+	// LimitMaxClientConns) at run time; 0 goes back to the configured one.
 	SetTenantLimit(ctx context.Context, tenant, limit string, value int) error
 	// ShowPgBouncer returns a table of the PgBouncer-compatible database
 	// (a PgBouncer* topic other than PgBouncerVersion and PgBouncerHelp)

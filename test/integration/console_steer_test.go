@@ -386,3 +386,31 @@ func TestConsoleShutdownWait(t *testing.T) {
 		t.Fatal("Run did not return once the client left")
 	}
 }
+
+func TestConsoleSetTenantMaxClientConns(t *testing.T) {
+	noLeaks(t)
+	p := startProxy(t, consoleConfig(t))
+	p.connect(t, "alice", "alice-pw")
+	c := connectURL(t, p.consoleURL("ops"))
+	if _, err := connectURL(t, p.consoleURL("watcher")).Exec(testCtx(t), "SET TENANT "+dhSlug+" max_client_conns = 1"); sqlstate(err) != "42501" {
+		t.Fatalf("stats SET TENANT: %v", err)
+	}
+	if _, err := c.Exec(testCtx(t), "SET TENANT "+dhSlug+" max_client_conns = 1"); err != nil {
+		t.Fatal(err)
+	}
+	if r := consoleRows(t, c, "SHOW TENANTS WHERE tenant = '"+dhSlug+"'"); len(r) != 1 || r[0]["max_client_conns"] != "1" {
+		t.Fatalf("SHOW TENANTS after SET TENANT max_client_conns: %v", r)
+	}
+	if err := tryConnect(testCtx(t), p.url("alice", "alice-pw")); sqlstate(err) != "53300" {
+		t.Fatalf("a client beyond the tenant's new cap: %v", err)
+	}
+	if err := tryConnect(testCtx(t), p.url("bob", "bob-pw")); err != nil {
+		t.Fatalf("another tenant's client: %v", err)
+	}
+	if _, err := c.Exec(testCtx(t), "SET TENANT "+dhSlug+" max_client_conns = 0"); err != nil {
+		t.Fatal(err)
+	}
+	if err := tryConnect(testCtx(t), p.url("alice", "alice-pw")); err != nil {
+		t.Fatalf("after SET TENANT max_client_conns = 0: %v", err)
+	}
+}
