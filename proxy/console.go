@@ -209,6 +209,9 @@ func (s *Server) tenantLimits(cfg *config.Config, slug string) (maxServer, maxCl
 		maxServer = n
 	}
 	s.steer.mu.Unlock()
+	if n, ok := s.counts.runTenantMax(slug); ok {
+		maxClient = n
+	}
 	return maxServer, maxClient
 }
 
@@ -493,7 +496,11 @@ func (b consoleBackend) KillClient(_ context.Context, id string) error {
 		return console.Errorf(console.CodeBadValue, "no client with id %q", id)
 	}
 	b.s.logger.Info("killing a client on a console command", "session", id)
-	sess.kill()
+	if sess.isConsole.Load() {
+		sess.kill()
+	} else {
+		sess.endByOperator(operatorEnded("KILL CLIENT " + id))
+	}
 	return nil
 }
 
@@ -511,10 +518,19 @@ func (b consoleBackend) SetDisabled(_ context.Context, tenant string, disabled b
 }
 
 func (b consoleBackend) SetTenantLimit(_ context.Context, tenant, limit string, value int) error {
-	if limit != console.LimitMaxServerConns {
+	s := b.s
+	switch limit {
+	case console.LimitMaxServerConns:
+	case console.LimitMaxClientConns:
+		s.counts.setTenantMax(tenant, value)
+		if value == 0 {
+			_, value = s.tenantLimits(s.rt.Load().cfg, tenant)
+		}
+		s.logger.Info("tenant limit changed on a console command", "tenant", tenant, "limit", limit, "value", value)
+		return nil
+	default:
 		return console.Errorf(console.CodeBadValue, "unknown tenant limit %q", limit)
 	}
-	s := b.s
 	s.steer.mu.Lock()
 	if value > 0 {
 		s.steer.maxConns[tenant] = value

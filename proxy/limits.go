@@ -15,10 +15,13 @@ type clientCounts struct {
 	mu      sync.Mutex
 	tenants map[string]int
 	users   map[string]int
+	// tenantMax are caps set at run time (SET TENANT max_client_conns),
+	// over the configured ones.
+	tenantMax map[string]int
 }
 
 func newClientCounts() *clientCounts {
-	return &clientCounts{tenants: map[string]int{}, users: map[string]int{}}
+	return &clientCounts{tenants: map[string]int{}, users: map[string]int{}, tenantMax: map[string]int{}}
 }
 
 // admit counts a session of id unless a limit is reached; release undoes
@@ -36,6 +39,9 @@ func (c *clientCounts) admit(cfg *config.Config, id *auth.Identity) error {
 	}
 	c.mu.Lock()
 	defer c.mu.Unlock()
+	if n, ok := c.tenantMax[id.Tenant.Slug]; ok {
+		tenantMax = n
+	}
 	if tenantMax > 0 && c.tenants[id.Tenant.Slug] >= tenantMax {
 		return fmt.Errorf("tenant %q already has %d client connections, its limit", id.Tenant.Slug, tenantMax)
 	}
@@ -45,6 +51,26 @@ func (c *clientCounts) admit(cfg *config.Config, id *auth.Identity) error {
 	c.tenants[id.Tenant.Slug]++
 	c.users[id.User]++
 	return nil
+}
+
+// setTenantMax sets tenant's cap on client sessions at run time (0: back
+// to the configured cap). Sessions beyond a lowered cap stay.
+func (c *clientCounts) setTenantMax(tenant string, n int) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if n > 0 {
+		c.tenantMax[tenant] = n
+	} else {
+		delete(c.tenantMax, tenant)
+	}
+}
+
+// runTenantMax returns tenant's run-time cap on client sessions, if set.
+func (c *clientCounts) runTenantMax(tenant string) (int, bool) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	n, ok := c.tenantMax[tenant]
+	return n, ok
 }
 
 // snapshot returns the client sessions per tenant.

@@ -178,6 +178,10 @@ type Server struct {
 
 	started  atomic.Bool
 	draining atomic.Bool
+	// stopRun stops Run as a cancelled context does (console SHUTDOWN);
+	// drainAll: the drain waits for every client (SHUTDOWN WAIT).
+	stopRun  atomic.Pointer[context.CancelFunc]
+	drainAll atomic.Bool
 	ready    chan struct{}
 	// clients counts sessions past the StartupMessage, for
 	// limits.max_client_conns.
@@ -271,6 +275,9 @@ func (s *Server) Run(ctx context.Context) error {
 	if !s.started.CompareAndSwap(false, true) {
 		return ErrAlreadyStarted
 	}
+	ctx, stopRun := context.WithCancel(ctx)
+	defer stopRun()
+	s.stopRun.Store(&stopRun)
 	defer s.admin.close()
 	rt := s.rt.Load()
 	if s.opts.unsafe {
@@ -346,7 +353,7 @@ func (s *Server) Run(ctx context.Context) error {
 		_ = l.Close()
 	}
 	accepting.Wait()
-	s.drain(rt.cfg.Limits.ShutdownTimeout, killSessions)
+	s.drain(s.drainTimeout(rt.cfg.Limits.ShutdownTimeout), killSessions)
 	s.recycling.Wait()
 	stopBackground()
 	if httpSrv != nil {

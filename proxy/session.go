@@ -128,6 +128,9 @@ type session struct {
 	// cancel ends the session's context (set before its goroutine
 	// starts); KILL CLIENT calls it.
 	cancel context.CancelFunc
+	// ended is what the client is told when an operator ends the session
+	// (see endByOperator).
+	ended atomic.Pointer[string]
 	// info is what the console shows of the session once admitted.
 	info atomic.Pointer[clientInfo]
 	// isConsole: a console session (see consoleIdentity), which the drain
@@ -296,6 +299,7 @@ func (s *session) forward(tm observe.Tenant) (endReason, bool) {
 		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
 		Channels:       s.rt.channels(s.tenantID),
 		Forced:         &s.forced,
+		Ended:          &s.ended,
 	})
 	_ = s.transition(stateDraining)
 	s.c2s, s.s2c = res.C2S, res.S2C

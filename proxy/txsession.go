@@ -97,9 +97,13 @@ func (s *session) forwardTransactions(ctx context.Context, tm observe.Tenant) en
 	s.c2s, s.s2c = s.tx.BytesFromClient(), s.tx.BytesToClient()
 	tm.C2S.Add(float64(s.c2s))
 	tm.S2C.Add(float64(s.s2c))
+	if msg := s.ended.Load(); msg != nil && ctx.Err() != nil {
+		// An operator ended the session: the engine sent nothing.
+		s.sendFatal(fatal(codeAdminShutdown, *msg, ""))
+	}
 	_ = s.conn.Close()
 	switch {
-	case s.forced.Load():
+	case s.forced.Load(), s.ended.Load() != nil:
 		return reasonShutdown
 	case err == nil:
 		return reasonClientClosed

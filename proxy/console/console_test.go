@@ -3,6 +3,7 @@ package console
 import (
 	"context"
 	"errors"
+	"fmt"
 	"net"
 	"strings"
 	"sync"
@@ -21,10 +22,18 @@ func TestParse(t *testing.T) {
 		"pause tenant a-b timeout 2.5":             {Kind: KindPause, Tenant: "a-b", Timeout: 2500 * time.Millisecond},
 		"RESUME TENANT x":                          {Kind: KindResume, Tenant: "x"},
 		"KILL CLIENT 0a1b":                         {Kind: KindKillClient, ID: "0a1b"},
+		"kill tenant 'a-b'":                        {Kind: KindKillTenant, Tenant: "a-b"},
+		"KILL ALL;":                                {Kind: KindKillAll},
+		"CANCEL CLIENT 0a1b":                       {Kind: KindCancel, ID: "0a1b"},
+		"RECONNECT":                                {Kind: KindReconnect},
+		"reconnect tenant x":                       {Kind: KindReconnect, Tenant: "x"},
+		"SHUTDOWN":                                 {Kind: KindShutdown},
+		"shutdown wait":                            {Kind: KindShutdown, Wait: true},
 		"DISABLE TENANT x":                         {Kind: KindDisable, Tenant: "x"},
 		"enable tenant x":                          {Kind: KindEnable, Tenant: "x"},
 		"RELOAD":                                   {Kind: KindReload},
 		"SET TENANT x max_server_conns = 5":        {Kind: KindSetTenant, Tenant: "x", Name: LimitMaxServerConns, Value: "5", Int: 5},
+		"SET TENANT x max_client_conns TO 0":       {Kind: KindSetTenant, Tenant: "x", Name: LimitMaxClientConns, Value: "0"},
 		"SET extra_float_digits = 3":               {Kind: KindSet, Name: "extra_float_digits", Value: "3"},
 		"SET application_name TO 'psql'":           {Kind: KindSet, Name: "application_name", Value: "psql"},
 		"SET DateStyle = 'ISO', 'MDY'":             {Kind: KindSet, Name: "datestyle", Value: "ISO, MDY"},
@@ -54,6 +63,13 @@ func TestParse(t *testing.T) {
 		"PAUSE TIMEOUT -1":                      CodeBadValue,
 		"PAUSE TIMEOUT soon":                    CodeBadValue,
 		"KILL x":                                CodeSyntax,
+		"KILL":                                  CodeSyntax,
+		"KILL ALL x":                            CodeSyntax,
+		"KILL TENANT":                           CodeSyntax,
+		"CANCEL 1":                              CodeSyntax,
+		"CANCEL CLIENT":                         CodeSyntax,
+		"RECONNECT x":                           CodeSyntax,
+		"SHUTDOWN NOW":                          CodeSyntax,
 		"SET TENANT x max_server_conns = many":  CodeBadValue,
 		"SET TENANT x min_idle = 1":             CodeBadValue,
 		"SELECT * FROM pg_stat_activity":        CodeSyntax,
@@ -79,9 +95,12 @@ func TestSplitStatements(t *testing.T) {
 
 // fakeBackend records what the console asked of it.
 type fakeBackend struct {
-	mu      sync.Mutex
-	paused  []string
-	killed  []string
+	mu       sync.Mutex
+	paused   []string
+	killed   []string
+	canceled []string
+	// calls are the other steering calls: name:tenants.
+	calls   []string
 	clients map[string]string // id -> tenant
 	// pgbScopes are ShowPgBouncer's calls: topic:tenants.
 	pgbScopes []string
@@ -114,6 +133,30 @@ func (f *fakeBackend) KillClient(_ context.Context, id string) error {
 	f.mu.Lock()
 	defer f.mu.Unlock()
 	f.killed = append(f.killed, id)
+	return nil
+}
+func (f *fakeBackend) KillTenants(_ context.Context, tenants []string) (int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "kill:"+strings.Join(tenants, ","))
+	return len(tenants), nil
+}
+func (f *fakeBackend) CancelClient(_ context.Context, id string) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.canceled = append(f.canceled, id)
+	return nil
+}
+func (f *fakeBackend) Reconnect(_ context.Context, tenants []string) (int, int, error) {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, "reconnect:"+strings.Join(tenants, ","))
+	return 1, 2, nil
+}
+func (f *fakeBackend) Shutdown(_ context.Context, wait bool) error {
+	f.mu.Lock()
+	defer f.mu.Unlock()
+	f.calls = append(f.calls, fmt.Sprintf("shutdown:%t", wait))
 	return nil
 }
 func (f *fakeBackend) SetDisabled(context.Context, string, bool) error { return nil }
@@ -270,7 +313,8 @@ func TestSimpleProtocol(t *testing.T) {
 func TestPermissions(t *testing.T) {
 	be := &fakeBackend{clients: map[string]string{"c1": "a", "c2": "b"}}
 	stats, counts := startSession(t, be, RoleStats, nil)
-	for _, q := range []string{"PAUSE", "RESUME", "KILL CLIENT c1", "RELOAD", "DISABLE TENANT a", "SET TENANT a max_server_conns = 1"} {
+	for _, q := range []string{"PAUSE", "RESUME", "KILL CLIENT c1", "RELOAD", "DISABLE TENANT a", "SET TENANT a max_server_conns = 1",
+		"KILL TENANT a", "KILL ALL", "CANCEL CLIENT c1", "RECONNECT", "RECONNECT TENANT a", "SHUTDOWN", "SHUTDOWN WAIT"} {
 		if got := stats.query(q); got != "E:42501 Z" {
 			t.Errorf("stats %q: %s", q, got)
 		}
@@ -292,6 +336,13 @@ func TestPermissions(t *testing.T) {
 		"KILL CLIENT c1":                "E:22023 Z",
 		"KILL CLIENT c2":                "C:KILL Z",
 		"PAUSE":                         "C:PAUSE Z",
+		"KILL TENANT a":                 "E:42501 Z",
+		"KILL ALL":                      "E:42501 Z",
+		"SHUTDOWN":                      "E:42501 Z",
+		"SHUTDOWN WAIT":                 "E:42501 Z",
+		"RECONNECT TENANT a":            "E:42501 Z",
+		"CANCEL CLIENT c1":              "E:22023 Z",
+		"CANCEL CLIENT c2":              "C:CANCEL Z",
 	} {
 		if got := bound.query(q); got != want {
 			t.Errorf("bound %q:\n got %s\nwant %s", q, got, want)
@@ -344,5 +395,45 @@ func TestHugeMessageEndsSession(t *testing.T) {
 	m, err := c.fe.Receive()
 	if e, ok := m.(*pgproto3.ErrorResponse); err != nil || !ok || e.Code != CodeProtocol {
 		t.Fatalf("%T %v %v", m, m, err)
+	}
+}
+
+func TestSteeringCommands(t *testing.T) {
+	be := &fakeBackend{clients: map[string]string{"c1": "a", "c2": "b"}}
+	admin, counts := startSession(t, be, RoleAdmin, nil)
+	for _, tc := range [][2]string{
+		{"KILL TENANT a", "N C:KILL Z"},
+		{"KILL TENANT nope", "E:22023 Z"},
+		{"KILL ALL", "N C:KILL Z"},
+		{"KILL", "E:42601 Z"},
+		{"CANCEL CLIENT c1", "C:CANCEL Z"},
+		{"CANCEL CLIENT nope", "E:22023 Z"},
+		{"RECONNECT TENANT b", "N C:RECONNECT Z"},
+		{"RECONNECT", "N C:RECONNECT Z"},
+		{"SHUTDOWN WAIT", "C:SHUTDOWN Z"},
+	} {
+		if got := admin.query(tc[0]); got != tc[1] {
+			t.Errorf("%q:\n got %s\nwant %s", tc[0], got, tc[1])
+		}
+	}
+	want := []string{"kill:a", "kill:", "reconnect:b", "reconnect:", "shutdown:true"}
+	if fmt.Sprint(be.calls) != fmt.Sprint(want) || fmt.Sprint(be.canceled) != "[c1]" {
+		t.Errorf("calls %q, canceled %q", be.calls, be.canceled)
+	}
+	for _, k := range []string{"kill_tenant/ok", "kill_tenant/error", "kill_all/ok", "cancel_client/ok", "reconnect/ok", "shutdown/ok"} {
+		if counts[k] == 0 {
+			t.Errorf("%s not counted: %v", k, counts)
+		}
+	}
+
+	be.calls = nil
+	bound, _ := startSession(t, be, RoleAdmin, []string{"b"})
+	for _, q := range []string{"KILL TENANT b", "RECONNECT"} {
+		if got := bound.query(q); got != "N C:"+strings.Fields(q)[0]+" Z" {
+			t.Errorf("bound %q: %s", q, got)
+		}
+	}
+	if fmt.Sprint(be.calls) != "[kill:b reconnect:b]" {
+		t.Errorf("a bound user's calls %q", be.calls)
 	}
 }

@@ -24,6 +24,11 @@ const (
 	KindPause       Kind = "pause"
 	KindResume      Kind = "resume"
 	KindKillClient  Kind = "kill_client"
+	KindKillTenant  Kind = "kill_tenant"
+	KindKillAll     Kind = "kill_all"
+	KindCancel      Kind = "cancel_client"
+	KindReconnect   Kind = "reconnect"
+	KindShutdown    Kind = "shutdown"
 	KindDisable     Kind = "disable"
 	KindEnable      Kind = "enable"
 	KindReload      Kind = "reload"
@@ -52,6 +57,7 @@ var topics = map[string]bool{TopicTenants: true, TopicPools: true, TopicClients:
 // Limits SET TENANT may change.
 const (
 	LimitMaxServerConns = "max_server_conns"
+	LimitMaxClientConns = "max_client_conns"
 )
 
 // DefaultPauseTimeout is how long PAUSE waits for busy backends without
@@ -65,13 +71,15 @@ type Command struct {
 	// KindShowSetting the setting's name.
 	Topic string
 	// Tenant is the tenant the command is about: SHOW's WHERE filter, or
-	// PAUSE, RESUME, DISABLE, ENABLE and SET TENANT's argument ("" for
-	// every tenant).
+	// PAUSE, RESUME, DISABLE, ENABLE, KILL TENANT, RECONNECT and SET
+	// TENANT's argument ("" for every tenant).
 	Tenant string
 	// Timeout is PAUSE's TIMEOUT.
 	Timeout time.Duration
-	// ID is KILL CLIENT's client id.
+	// ID is KILL CLIENT's and CANCEL CLIENT's client id.
 	ID string
+	// Wait is SHUTDOWN WAIT.
+	Wait bool
 	// Name and Value are SET's setting or SET TENANT's limit; Int is the
 	// limit's value.
 	Name, Value string
@@ -111,6 +119,7 @@ const (
 	CodeBadStatement    = "26000"
 	CodeBadPortal       = "34000"
 	CodeInUse           = "55006"
+	CodeBadState        = "55000"
 	CodeInternal        = "XX000"
 )
 
@@ -309,13 +318,26 @@ func Parse(stmt string) (*Command, error) {
 		}
 		return c, p.end()
 	case p.keyword("KILL"):
+		return p.kill()
+	case p.keyword("CANCEL"):
 		if !p.keyword("CLIENT") {
-			return nil, syntaxError("KILL CLIENT id expected")
+			return nil, syntaxError("CANCEL CLIENT id expected")
 		}
-		c := &Command{Kind: KindKillClient}
+		c := &Command{Kind: KindCancel}
 		if c.ID, err = p.value("client id"); err != nil {
 			return nil, err
 		}
+		return c, p.end()
+	case p.keyword("RECONNECT"):
+		c := &Command{Kind: KindReconnect}
+		if p.keyword("TENANT") {
+			if c.Tenant, err = p.value("tenant slug"); err != nil {
+				return nil, err
+			}
+		}
+		return c, p.end()
+	case p.keyword("SHUTDOWN"):
+		c := &Command{Kind: KindShutdown, Wait: p.keyword("WAIT")}
 		return c, p.end()
 	case p.keyword("DISABLE"), p.keyword("ENABLE"):
 		c := &Command{Kind: KindEnable}
@@ -333,6 +355,29 @@ func Parse(stmt string) (*Command, error) {
 		return &Command{Kind: KindReload}, p.end()
 	}
 	return nil, syntaxError("unknown console command %q", p.peek())
+}
+
+// kill parses what follows KILL: CLIENT id, TENANT slug or ALL. A plain
+// KILL, which would end every client, must be spelled out as KILL ALL.
+func (p *parser) kill() (*Command, error) {
+	var err error
+	switch {
+	case p.keyword("CLIENT"):
+		c := &Command{Kind: KindKillClient}
+		if c.ID, err = p.value("client id"); err != nil {
+			return nil, err
+		}
+		return c, p.end()
+	case p.keyword("TENANT"):
+		c := &Command{Kind: KindKillTenant}
+		if c.Tenant, err = p.value("tenant slug"); err != nil {
+			return nil, err
+		}
+		return c, p.end()
+	case p.keyword("ALL"):
+		return &Command{Kind: KindKillAll}, p.end()
+	}
+	return nil, syntaxError("KILL CLIENT id, KILL TENANT slug or KILL ALL expected")
 }
 
 func (p *parser) show() (*Command, error) {
@@ -405,8 +450,8 @@ func (p *parser) set() (*Command, error) {
 		if err := p.end(); err != nil {
 			return nil, err
 		}
-		if c.Name != LimitMaxServerConns {
-			return nil, Errorf(CodeBadValue, "unknown tenant limit %q; SET TENANT changes %s", c.Name, LimitMaxServerConns)
+		if c.Name != LimitMaxServerConns && c.Name != LimitMaxClientConns {
+			return nil, Errorf(CodeBadValue, "unknown tenant limit %q; SET TENANT changes %s and %s", c.Name, LimitMaxServerConns, LimitMaxClientConns)
 		}
 		n, err := strconv.Atoi(c.Value)
 		if err != nil || n < 0 {

@@ -67,7 +67,7 @@ const (
 // steering commands of either dialect that the PgBouncer-compatible
 // database refuses, by their first word.
 var pgbRefused = map[string]bool{"PAUSE": true, "RESUME": true, "KILL": true, "DISABLE": true, "ENABLE": true,
-	"RELOAD": true, "RECONNECT": true, "SUSPEND": true, "SHUTDOWN": true, "WAIT_CLOSE": true}
+	"RELOAD": true, "RECONNECT": true, "CANCEL": true, "SUSPEND": true, "SHUTDOWN": true, "WAIT_CLOSE": true}
 
 // ParsePgBouncer parses one statement of the PgBouncer-compatible
 // database: SHOW of a PgBouncer topic, and the SET, SHOW setting and

@@ -125,6 +125,50 @@ func (s *session) dispatch(ctx context.Context, cmd *Command) (*result, error) {
 			return nil, err
 		}
 		return &result{tag: "KILL"}, nil
+	case KindKillTenant, KindKillAll:
+		var tenants []string
+		if cmd.Kind == KindKillAll {
+			if err := s.requireUnbound("KILL ALL"); err != nil {
+				return nil, err
+			}
+		} else {
+			var err error
+			if tenants, err = s.scope(cmd.Tenant); err != nil {
+				return nil, err
+			}
+		}
+		n, err := be.KillTenants(ctx, tenants)
+		if err != nil {
+			return nil, err
+		}
+		return &result{tag: "KILL", notices: []string{fmt.Sprintf("%d client session(s) ended", n)}}, nil
+	case KindCancel:
+		tenant, ok := be.ClientTenant(cmd.ID)
+		if !ok || (s.bound() && !slices.Contains(s.opts.Tenants, tenant)) {
+			return nil, Errorf(CodeBadValue, "no client with id %q", cmd.ID)
+		}
+		if err := be.CancelClient(ctx, cmd.ID); err != nil {
+			return nil, err
+		}
+		return &result{tag: "CANCEL"}, nil
+	case KindReconnect:
+		tenants, err := s.scope(cmd.Tenant)
+		if err != nil {
+			return nil, err
+		}
+		closed, marked, err := be.Reconnect(ctx, tenants)
+		if err != nil {
+			return nil, err
+		}
+		return &result{tag: "RECONNECT", notices: []string{fmt.Sprintf("%d idle server connection(s) closed, %d to be closed when released", closed, marked)}}, nil
+	case KindShutdown:
+		if err := s.requireUnbound("SHUTDOWN"); err != nil {
+			return nil, err
+		}
+		if err := be.Shutdown(ctx, cmd.Wait); err != nil {
+			return nil, err
+		}
+		return &result{tag: "SHUTDOWN"}, nil
 	case KindDisable, KindEnable:
 		if _, err := s.scope(cmd.Tenant); err != nil {
 			return nil, err
@@ -226,6 +270,12 @@ var Help = [][2]string{
 	{"DISABLE TENANT slug", "admin: refuse the tenant's new clients (connected ones go on)"},
 	{"ENABLE TENANT slug", "admin: admit the tenant's new clients again"},
 	{"KILL CLIENT id", "admin: end one client session (ids from SHOW CLIENTS)"},
+	{"KILL TENANT slug", "admin: end every client session of the tenant and close its server connections"},
+	{"KILL ALL", "admin, unbound users only: end every client session (not console sessions) and close every server connection"},
+	{"CANCEL CLIENT id", "admin: cancel the query the client is running (its session goes on)"},
+	{"RECONNECT [TENANT slug]", "admin: close the tenant's (or every) server connections, idle ones now, the others when released"},
+	{"SHUTDOWN [WAIT]", "admin, unbound users only: stop the proxy as SIGTERM does; WAIT: wait for every client to leave, without limits.shutdown_timeout"},
 	{"SET TENANT slug max_server_conns = n", "admin: change the tenant's cap on server connections until restart (0: back to the configured cap)"},
+	{"SET TENANT slug max_client_conns = n", "admin: change the tenant's cap on client connections until restart (0: back to the configured cap)"},
 	{"RELOAD", "admin, unbound users only: re-read the configuration, users and tenants"},
 }

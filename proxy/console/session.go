@@ -48,13 +48,27 @@ type Backend interface {
 	ClientTenant(id string) (string, bool)
 	// KillClient ends the client with the id.
 	KillClient(ctx context.Context, id string) error
+	// KillTenants ends every client session of tenants (nil: every
+	// tenant; console sessions are never ended) and closes their server
+	// connections; it returns how many sessions it ended.
+	KillTenants(ctx context.Context, tenants []string) (int, error)
+	// CancelClient cancels the query the client with the id is running,
+	// as the client's own CancelRequest would.
+	CancelClient(ctx context.Context, id string) error
+	// Reconnect closes the idle server connections of tenants (nil:
+	// every tenant) and those lent out as they are released; it returns
+	// how many it closed and how many it marked.
+	Reconnect(ctx context.Context, tenants []string) (closed, marked int, err error)
+	// Shutdown stops the proxy as SIGTERM does; wait: the drain waits
+	// for every client, without the shutdown timeout.
+	Shutdown(ctx context.Context, wait bool) error
 	// SetDisabled refuses (or again admits) new clients of a tenant.
 	SetDisabled(ctx context.Context, tenant string, disabled bool) error
 	// Reload re-reads the configuration, users and tenants and says what
 	// changed.
 	Reload(ctx context.Context) (string, error)
-	// SetTenantLimit changes a tenant's limit (LimitMaxServerConns) at
-	// run time.
+	// SetTenantLimit changes a tenant's limit (LimitMaxServerConns,
+	// LimitMaxClientConns) at run time; 0 goes back to the configured one.
 	SetTenantLimit(ctx context.Context, tenant, limit string, value int) error
 	// ShowPgBouncer returns a table of the PgBouncer-compatible database
 	// (a PgBouncer* topic other than PgBouncerVersion and PgBouncerHelp)

@@ -103,6 +103,8 @@ type Backend struct {
 	// streak counts transactions in a row served out of turn for the same
 	// tenant (shared backends).
 	streak int
+	// retire: closed when released (Reconnect). Guarded by Pool.mu.
+	retire bool
 	// Data is free for the borrower (e.g. which settings were applied).
 	Data any
 	// Settings and Reported are what a session-mode reset left on the
@@ -124,6 +126,8 @@ const (
 	ReasonLifetime Reason = "lifetime" // older than Lifetime
 	ReasonEvicted  Reason = "evicted"  // closed to make room for another tenant
 	ReasonShutdown Reason = "shutdown"
+	// ReasonReconnect: an operator asked for new backends (Reconnect).
+	ReasonReconnect Reason = "reconnect"
 	// ReasonRoleDefaults: the backend logged in while its role had
 	// defaults of its own (see upstream.Conn.RoleDefaults).
 	ReasonRoleDefaults Reason = "role_defaults"
@@ -531,6 +535,10 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 		return
 	case !reusable:
 		p.discard(k, b, ReasonBroken)
+		p.grantNext(nil)
+		return
+	case b.retire:
+		p.discard(k, b, ReasonReconnect)
 		p.grantNext(nil)
 		return
 	case p.cfg.Lifetime > 0 && now.Sub(b.created) > p.cfg.Lifetime:
