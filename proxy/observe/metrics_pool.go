@@ -38,7 +38,7 @@ var (
 	poolOpenedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_opened_total",
 		"Server connections opened, by tenant.", []string{"tenant"}, nil)
 	poolClosedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_closed_total",
-		"Server connections closed, by tenant and reason (broken, idle, lifetime, evicted, shutdown).",
+		"Server connections closed, by tenant and reason (broken, idle, lifetime, evicted, shutdown, role_defaults, reconnect).",
 		[]string{"tenant", "reason"}, nil)
 	poolTimeoutsDesc = prometheus.NewDesc("vitalproxy_pool_queue_timeouts_total",
 		"Clients that gave up waiting for a server connection (SQLSTATE 53300), by tenant.", []string{"tenant"}, nil)
