@@ -94,8 +94,11 @@ type session struct {
 
 	// state is read by the server (shutdown) as well.
 	state atomic.Int32
-	// forced is set by the server when the drain deadline passed.
-	forced atomic.Bool
+	// forced is set by the server when the drain deadline passed, or when
+	// the session's backend is on a former primary (forcedMsg then says
+	// so).
+	forced    atomic.Bool
+	forcedMsg atomic.Pointer[string]
 
 	// mu guards backend against the server's force close.
 	mu      sync.Mutex
@@ -296,6 +299,7 @@ func (s *session) forward(tm observe.Tenant) (endReason, bool) {
 		MaxMessageSize: s.rt.cfg.Limits.MaxMessageSize,
 		Channels:       s.rt.channels(s.tenantID),
 		Forced:         &s.forced,
+		ForcedMessage:  &s.forcedMsg,
 	})
 	_ = s.transition(stateDraining)
 	s.c2s, s.s2c = res.C2S, res.S2C
@@ -594,7 +598,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	// A new backend asserted the tenant context as it logged in; a reused
 	// one asserted it again when its previous client's session was reset.
-	b, err := s.srv.pool.Acquire(ctx, pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role})
+	b, err := s.srv.acquireRouted(ctx, rt.cfg, id, pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role})
 	if err != nil {
 		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		if ce.reason == reasonContextFailed {

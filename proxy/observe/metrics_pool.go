@@ -118,7 +118,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(t.waiting), tenant)
 		ch <- prometheus.MustNewConstMetric(poolOpenedDesc, prometheus.CounterValue, float64(t.opened), tenant)
 		ch <- prometheus.MustNewConstMetric(poolTimeoutsDesc, prometheus.CounterValue, float64(t.timeouts), tenant)
-		for _, r := range []pool.Reason{pool.ReasonBroken, pool.ReasonIdle, pool.ReasonLifetime, pool.ReasonEvicted, pool.ReasonShutdown, pool.ReasonRoleDefaults} {
+		for _, r := range []pool.Reason{pool.ReasonBroken, pool.ReasonIdle, pool.ReasonLifetime, pool.ReasonEvicted, pool.ReasonShutdown, pool.ReasonRoleDefaults, pool.ReasonRetired} {
 			ch <- prometheus.MustNewConstMetric(poolClosedDesc, prometheus.CounterValue, float64(t.closed[r]), tenant, string(r))
 		}
 	}

@@ -440,7 +440,7 @@ func (f *Forwarder) ended(fr fwdResult, cfd, sfd int, o *Options) Result {
 	switch {
 	case o.Forced.Load():
 		res.End = EndShutdown
-		tell(codeAdminShutdown, "terminating connection because the proxy is shutting down")
+		tell(codeAdminShutdown, o.forcedMessage())
 	case !fr.clientEnded:
 		res.End = EndServer
 		tell(codeConnectionFailure, "server connection lost")

@@ -77,6 +77,20 @@ type Options struct {
 	// Forced is set, from another goroutine, when the proxy closes the
 	// session because the drain deadline passed.
 	Forced *atomic.Bool
+	// ForcedMessage, when set and holding a message once Forced is set,
+	// is what the client is told (FATAL 57P01) instead of the shutdown
+	// message.
+	ForcedMessage *atomic.Pointer[string]
+}
+
+// forcedMessage is the FATAL message of a forced end.
+func (o *Options) forcedMessage() string {
+	if o.ForcedMessage != nil {
+		if m := o.ForcedMessage.Load(); m != nil {
+			return *m
+		}
+	}
+	return "terminating connection because the proxy is shutting down"
 }
 
 // framers returns the session's client and server framers: header-only
@@ -180,7 +194,7 @@ func (f *Forwarder) Run(client, server net.Conn, o Options) Result {
 	switch {
 	case o.Forced.Load():
 		res.End = EndShutdown
-		sendFatal(client, codeAdminShutdown, "terminating connection because the proxy is shutting down")
+		sendFatal(client, codeAdminShutdown, o.forcedMessage())
 	case serverFirst:
 		// The backend went away (or the client stopped reading, in which
 		// case this write fails quietly). A backend that is terminated

@@ -720,6 +720,13 @@ func (c *Client) attach(ctx context.Context) error {
 	return nil
 }
 
+// unreachable reports whether Acquire's err means the backend could not
+// be dialled (no server's ErrorResponse, no shutdown, no cancellation).
+func unreachable(ctx context.Context, err error) bool {
+	var pgErr *pgconn.PgError
+	return ctx.Err() == nil && !errors.As(err, &pgErr) && !errors.Is(err, pool.ErrClosed)
+}
+
 // queueTimeoutError is pool.ErrQueueTimeout with how long the client waited.
 type queueTimeoutError struct{ waited time.Duration }
 
@@ -729,14 +736,29 @@ func (e *queueTimeoutError) Unwrap() error { return pool.ErrQueueTimeout }
 // acquire borrows a usable backend with want applied; start is about now.
 func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (*pool.Backend, *serverState, error) {
 	var lastErr error
+	failed, rerouted := "", false
 	for i := range maxAcquireAttempts {
 		if i > 0 {
 			start = time.Now()
 		}
-		b, err := c.opts.Pool.Acquire(ctx, c.opts.Key)
+		key := c.opts.Key
+		if c.opts.Route != nil {
+			host, err := c.opts.Route(ctx, failed)
+			if err != nil {
+				return nil, nil, err
+			}
+			key.Host = host
+		}
+		b, err := c.opts.Pool.Acquire(ctx, key)
 		if err != nil {
 			if errors.Is(err, pool.ErrQueueTimeout) {
 				return nil, nil, &queueTimeoutError{waited: time.Since(start)}
+			}
+			if c.opts.Route != nil && !rerouted && unreachable(ctx, err) {
+				c.log.Info("upstream host unreachable; routing again", "host", key.Host, "error", err)
+				failed, rerouted = key.Host, true
+				lastErr = err
+				continue
 			}
 			return nil, nil, err
 		}
