@@ -721,10 +721,15 @@ func (c *Client) attach(ctx context.Context) error {
 }
 
 // unreachable reports whether Acquire's err means the backend could not
-// be dialled (no server's ErrorResponse, no shutdown, no cancellation).
+// be dialled: the host did not answer, or is starting up or shutting
+// down (57P03); not another ErrorResponse, a shutdown of the pool or a
+// cancellation.
 func unreachable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || errors.Is(err, pool.ErrClosed) {
+		return false
+	}
 	var pgErr *pgconn.PgError
-	return ctx.Err() == nil && !errors.As(err, &pgErr) && !errors.Is(err, pool.ErrClosed)
+	return !errors.As(err, &pgErr) || pgErr.Code == "57P03"
 }
 
 // queueTimeoutError is pool.ErrQueueTimeout with how long the client waited.
