@@ -179,6 +179,20 @@ func TestRoutingPrimaryAndStandby(t *testing.T) {
 			}
 		}
 		pollRecovery(t, r, "rita", "rita-pw", f.dhPrivate, f.platformPrivate, false)
+		// With replica.fallback: error the read-only user is refused.
+		strict := routingConfig(t, f, s)
+		strict.Replica.MaxLagBytes = cfg.Replica.MaxLagBytes
+		strict.Replica.Fallback = config.FallbackError
+		rs := startProxy(t, strict)
+		_, _, _, _, err := whereAmI(ctx, rs, "rita", "rita-pw", f.dhPrivate, f.platformPrivate)
+		var pgErr *pgconn.PgError
+		if !errors.As(err, &pgErr) || pgErr.Code != "53300" {
+			t.Fatalf("rita with fallback error and a lagging standby: %v, want ERROR 53300", err)
+		}
+		t.Logf("fallback error: %s", pgErr.Message)
+		if err := rs.stop(); err != nil {
+			t.Fatal(err)
+		}
 		if err := s.Exec(ctx, "postgres", "SELECT pg_wal_replay_resume()"); err != nil {
 			t.Fatal(err)
 		}
@@ -206,6 +220,7 @@ func testFailover(t *testing.T, f *fixture, p, s *pgtest.Cluster, _ *running) {
 	cfg := routingConfig(t, f, s)
 	cfg.Pool.Mode = "transaction"
 	cfg.Pool.MaxServerConns = 4
+	cfg.Upstream.FailoverTimeout = 15 * time.Second
 	r := startProxy(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), routingPatience)
 	defer cancel()
@@ -258,8 +273,8 @@ func testFailover(t *testing.T, f *fixture, p, s *pgtest.Cluster, _ *running) {
 	mu.Lock()
 	defer mu.Unlock()
 	pause := res.firstAfter.Sub(killAt)
-	t.Logf("failover pause (primary stopped -> first acknowledged write on the new primary): %s, of which after the promotion: %s; writes acknowledged %d, failed %d",
-		pause.Round(time.Millisecond), res.firstAfter.Sub(promotedAt).Round(time.Millisecond), len(res.acked), len(res.failures))
+	t.Logf("failover pause (primary stopped -> first acknowledged write on the new primary): %s (pg_ctl promote returned after %s); writes acknowledged %d, failed %d",
+		pause.Round(time.Millisecond), promotedAt.Sub(killAt).Round(time.Millisecond), len(res.acked), len(res.failures))
 	if res.firstAfter.IsZero() {
 		t.Fatal("no write reached the new primary")
 	}
@@ -283,6 +298,31 @@ func testFailover(t *testing.T, f *fixture, p, s *pgtest.Cluster, _ *running) {
 	if found != len(res.acked) {
 		t.Errorf("the new primary has %d of the %d acknowledged rows", found, len(res.acked))
 	}
+
+	// With no primary left, a writer waits failover_timeout, then gets
+	// ERROR 53300.
+	if err := s.StopImmediate(); err != nil {
+		t.Fatal(err)
+	}
+	start := time.Now()
+	err = func() error {
+		conn, err := pgx.Connect(ctx, r.url("alice", "alice-pw"))
+		if err != nil {
+			return err
+		}
+		defer conn.Close(context.Background())
+		_, err = conn.Exec(ctx, "INSERT INTO failover_writes (name) VALUES ('it-failover-none')")
+		return err
+	}()
+	waited := time.Since(start)
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "53300" {
+		t.Fatalf("a write with no primary: %v, want ERROR 53300", err)
+	}
+	if waited < cfg.Upstream.FailoverTimeout/2 {
+		t.Errorf("a write with no primary failed after %s, before failover_timeout %s", waited, cfg.Upstream.FailoverTimeout)
+	}
+	t.Logf("with no primary: %q after %s", pgErr.Message, waited.Round(time.Millisecond))
 }
 
 // writerLoop inserts rows of alice's tenant (failover_writes), one transaction each, until
