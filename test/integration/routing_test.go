@@ -402,3 +402,64 @@ func (c closingRow) Scan(dest ...any) error {
 	defer c.conn.Close(context.Background())
 	return c.row.Scan(dest...)
 }
+
+// TestRoutingPromotionEndsSessionMode: the standby is promoted while the
+// primary still runs (a split brain the promoted host wins on its higher
+// timeline). A session-mode writer bound to the former primary is ended
+// with FATAL 57P01, and a new session writes on the new primary, never on
+// the fenced one.
+func TestRoutingPromotionEndsSessionMode(t *testing.T) {
+	noLeaks(t)
+	f, p, s := replicatedFixture(t)
+	// The former primary would wait for its (promoted) synchronous
+	// standby forever.
+	for _, sql := range []string{"ALTER SYSTEM RESET synchronous_standby_names", "SELECT pg_reload_conf()"} {
+		if err := p.Exec(context.Background(), "postgres", sql); err != nil {
+			t.Fatalf("%s: %v", sql, err)
+		}
+	}
+	r := startProxy(t, routingConfig(t, f, s))
+	ctx, cancel := context.WithTimeout(context.Background(), routingPatience)
+	defer cancel()
+	conn := r.connect(t, "alice", "alice-pw")
+	var port int
+	if err := conn.QueryRow(ctx, "SELECT inet_server_port()").Scan(&port); err != nil {
+		t.Fatal(err)
+	}
+	if port != p.Port {
+		t.Fatalf("alice's session is on port %d, want the primary's %d", port, p.Port)
+	}
+	if err := s.Promote(ctx); err != nil {
+		t.Fatal(err)
+	}
+	// The session is ended once the checker elects the promoted host.
+	var err error
+	for err == nil {
+		select {
+		case <-ctx.Done():
+			t.Fatal("alice's session on the former primary was not ended")
+		case <-time.After(100 * time.Millisecond):
+		}
+		_, err = conn.Exec(ctx, "SELECT 1")
+	}
+	var pgErr *pgconn.PgError
+	if !errors.As(err, &pgErr) || pgErr.Code != "57P01" || pgErr.Severity != "FATAL" {
+		t.Fatalf("alice's session ended with %v, want FATAL 57P01", err)
+	}
+	t.Logf("session on the former primary: %s %s: %s", pgErr.Severity, pgErr.Code, pgErr.Message)
+	again := r.connect(t, "alice", "alice-pw")
+	var rec bool
+	if err := again.QueryRow(ctx, "INSERT INTO failover_writes (name) VALUES ('it-promoted') RETURNING pg_is_in_recovery(), inet_server_port()").Scan(&rec, &port); err != nil {
+		t.Fatal(err)
+	}
+	if rec || port != s.Port {
+		t.Fatalf("a new session wrote on port %d (in recovery %v), want the new primary's %d", port, rec, s.Port)
+	}
+	var n int
+	if err := pgxQueryRow(ctx, p.URL(f.db), "SELECT count(*) FROM public.failover_writes WHERE name = 'it-promoted'").Scan(&n); err != nil {
+		t.Fatal(err)
+	}
+	if n != 0 {
+		t.Fatal("the write reached the fenced former primary")
+	}
+}
