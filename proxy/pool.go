@@ -44,7 +44,17 @@ func (s *Server) dialBackend(ctx context.Context, key pool.Key) (*upstream.Conn,
 	if key.Shared {
 		opts = upstream.Options{Role: key.Role, Pooled: true}
 	}
-	c, err := rt.dialer.Dial(ctx, opts)
+	var c *upstream.Conn
+	var err error
+	if key.Host == "" {
+		c, err = rt.dialer.Dial(ctx, opts)
+	} else {
+		ep, ok := s.router.hosts[key.Host]
+		if !ok {
+			return nil, fmt.Errorf("upstream host %s is not configured", key.Host)
+		}
+		c, err = rt.dialer.DialHost(ctx, ep.Host, ep.Port, ep.TLS, opts)
+	}
 	if err != nil {
 		s.metrics.UpstreamConnectError()
 		return nil, err
@@ -85,6 +95,9 @@ func backendError(tenant string, queueTimeout time.Duration, err error) *clientE
 	case errors.As(err, &pgErr) && isAuthClass(pgErr.Code):
 		return newClientError(reasonUpstreamFailed, codeInvalidAuthSpec, err,
 			"the database refused the login role of this tenant")
+	case errors.As(err, &pgErr) && pgErr.Code == codeTooManyConnections && pgErr.Severity == "ERROR":
+		// The router found no host to serve the session (noHostError).
+		return newClientError(reasonUpstreamFailed, codeTooManyConnections, err, "%s", pgErr.Message)
 	case errors.As(err, &pgErr) && pgErr.Code == "57P03":
 		return newClientError(reasonUpstreamFailed, codeCannotConnectNow, err, "the database server is starting up or shutting down")
 	case errors.Is(err, pool.ErrClosed):

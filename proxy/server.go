@@ -175,6 +175,9 @@ type Server struct {
 	recycling sync.WaitGroup
 	// loops forward plain-socket sessions (nil: goroutine copies).
 	loops *sessionmode.Loops
+	// router picks the upstream host of each backend when there are
+	// several (nil: a single upstream host).
+	router *router
 
 	started  atomic.Bool
 	draining atomic.Bool
@@ -232,6 +235,9 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 		fileStamp: fileStamp(cfg.File),
 	}
 	s.rt.Store(rt)
+	if s.router, err = newRouter(cfg, reg, logger); err != nil {
+		return nil, err
+	}
 	return s, nil
 }
 
@@ -323,6 +329,9 @@ func (s *Server) Run(ctx context.Context) error {
 	defer killSessions()
 	bgCtx, stopBackground := context.WithCancel(ctx)
 	var bg sync.WaitGroup
+	if r := s.router; r != nil {
+		s.startRouter(bgCtx, &bg, r)
+	}
 	bg.Add(1)
 	go func() {
 		defer bg.Done()

@@ -94,7 +94,9 @@ type session struct {
 
 	// state is read by the server (shutdown) as well.
 	state atomic.Int32
-	// forced is set by the server when the drain deadline passed.
+	// forced is set by the server when the drain deadline passed, when an
+	// operator ended the session, or when the session's backend is on a
+	// former primary (ended then holds what the client is told).
 	forced atomic.Bool
 
 	// mu guards backend against the server's force close.
@@ -598,7 +600,7 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	}
 	// A new backend asserted the tenant context as it logged in; a reused
 	// one asserted it again when its previous client's session was reset.
-	b, err := s.srv.pool.Acquire(ctx, pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role})
+	b, err := s.srv.acquireRouted(ctx, rt.cfg, id, pool.Key{Tenant: id.Tenant.Slug, TenantID: id.Tenant.ID, Role: id.Role})
 	if err != nil {
 		ce := backendError(id.Tenant.Slug, rt.cfg.Pool.QueueTimeout, err)
 		if ce.reason == reasonContextFailed {

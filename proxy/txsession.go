@@ -34,9 +34,14 @@ func (s *session) setupTransactionMode(ctx context.Context, id *auth.Identity, s
 		slug := id.Tenant.Slug
 		s.pooledTenant.Store(&slug)
 	}
+	var route func(ctx context.Context, failed string) (string, error)
+	if s.srv.router != nil {
+		route = s.srv.router.routeFunc(rt.cfg, routesToReplica(rt.cfg, id))
+	}
 	tx, err := txmode.NewClient(s.conn, txmode.Options{
 		Pool:           s.srv.pool,
 		Key:            pk,
+		Route:          route,
 		EnterContext:   enter,
 		StartupParams:  settings,
 		MaxMessageSize: rt.cfg.Limits.MaxMessageSize,

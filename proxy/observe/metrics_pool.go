@@ -38,7 +38,7 @@ var (
 	poolOpenedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_opened_total",
 		"Server connections opened, by tenant.", []string{"tenant"}, nil)
 	poolClosedDesc = prometheus.NewDesc("vitalproxy_pool_server_connections_closed_total",
-		"Server connections closed, by tenant and reason (broken, idle, lifetime, evicted, shutdown, role_defaults, reconnect).",
+		"Server connections closed, by tenant and reason (broken, idle, lifetime, evicted, shutdown, role_defaults, reconnect, host_retired).",
 		[]string{"tenant", "reason"}, nil)
 	poolTimeoutsDesc = prometheus.NewDesc("vitalproxy_pool_queue_timeouts_total",
 		"Clients that gave up waiting for a server connection (SQLSTATE 53300), by tenant.", []string{"tenant"}, nil)
@@ -118,7 +118,7 @@ func (c *poolCollector) Collect(ch chan<- prometheus.Metric) {
 		ch <- prometheus.MustNewConstMetric(poolWaitingDesc, prometheus.GaugeValue, float64(t.waiting), tenant)
 		ch <- prometheus.MustNewConstMetric(poolOpenedDesc, prometheus.CounterValue, float64(t.opened), tenant)
 		ch <- prometheus.MustNewConstMetric(poolTimeoutsDesc, prometheus.CounterValue, float64(t.timeouts), tenant)
-		for _, r := range []pool.Reason{pool.ReasonBroken, pool.ReasonIdle, pool.ReasonLifetime, pool.ReasonEvicted, pool.ReasonShutdown, pool.ReasonRoleDefaults, pool.ReasonReconnect} {
+		for _, r := range []pool.Reason{pool.ReasonBroken, pool.ReasonIdle, pool.ReasonLifetime, pool.ReasonEvicted, pool.ReasonShutdown, pool.ReasonRoleDefaults, pool.ReasonReconnect, pool.ReasonRetired} {
 			ch <- prometheus.MustNewConstMetric(poolClosedDesc, prometheus.CounterValue, float64(t.closed[r]), tenant, string(r))
 		}
 	}

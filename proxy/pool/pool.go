@@ -40,19 +40,26 @@ const aliveCheckAfter = 100 * time.Millisecond
 var ErrClosed = errors.New("pool is closed")
 
 // Key names a pool: one login role of one tenant, or (Shared) a pooled
-// role whose backends serve any tenant, borrowed on behalf of Tenant.
+// role whose backends serve any tenant, borrowed on behalf of Tenant; on
+// one upstream host (Host) when the proxy routes between several.
 type Key struct {
 	Tenant   string // slug: fairness, caps and metrics
 	TenantID string // asserted with set_tenant_context on every new backend (role keys)
 	Role     string
 	Shared   bool
+	// Host is the upstream host (host:port, topology.Host.Name) the
+	// backends are connected to; empty with a single upstream, whose
+	// address the dial function knows. Backends of one role on two hosts
+	// live in two pools, so a backend to a standby is never lent to a
+	// session routed to the primary.
+	Host string
 }
 
 // PoolKey is the pool a key's backends live in: the key itself, or for a
-// shared key the pooled role alone.
+// shared key the pooled role (on its host) alone.
 func (k Key) PoolKey() Key {
 	if k.Shared {
-		return Key{Role: k.Role, Shared: true}
+		return Key{Role: k.Role, Shared: true, Host: k.Host}
 	}
 	return k
 }
@@ -100,6 +107,9 @@ type Backend struct {
 	lastUsed time.Time
 	// Reused is true when the backend served a client before.
 	Reused bool
+	// epoch is its host's retirement count when it was dialled (see
+	// RetireHost).
+	epoch uint64
 	// streak counts transactions in a row served out of turn for the same
 	// tenant (shared backends).
 	streak int
@@ -131,6 +141,9 @@ const (
 	// ReasonRoleDefaults: the backend logged in while its role had
 	// defaults of its own (see upstream.Conn.RoleDefaults).
 	ReasonRoleDefaults Reason = "role_defaults"
+	// ReasonRetired: its upstream host was retired (RetireHost), because
+	// it stopped or started being the primary.
+	ReasonRetired Reason = "host_retired"
 )
 
 // Stats is a snapshot of one pool. A shared pool has a row of its own (Key
@@ -231,6 +244,9 @@ type Pool struct {
 	expiryAt time.Time // zero: not armed
 	// lent holds the backends lent out, for Servers.
 	lent map[*Backend]struct{}
+	// epochs counts each host's retirements (RetireHost); a backend
+	// dialled before the latest is closed instead of kept.
+	epochs map[string]uint64
 }
 
 // New returns a pool; Close stops its reaper.
@@ -239,7 +255,8 @@ func New(cfg Config, dial DialFunc) (*Pool, error) {
 		return nil, fmt.Errorf("pool: MaxConns must be at least 1, got %d", cfg.MaxConns)
 	}
 	p := &Pool{cfg: cfg, dial: dial, perTen: map[string]int{}, pools: map[Key]*keyPool{},
-		queues: map[string][]*waiter{}, done: make(chan struct{}), lent: map[*Backend]struct{}{}}
+		queues: map[string][]*waiter{}, done: make(chan struct{}), lent: map[*Backend]struct{}{},
+		epochs: map[string]uint64{}}
 	if cfg.IdleTimeout > 0 || cfg.MinIdle > 0 || len(cfg.TenantMinIdle) > 0 {
 		p.wg.Add(1)
 		go p.reap()
@@ -414,6 +431,12 @@ func (p *Pool) use(ctx context.Context, key Key, g grant) (*Backend, error) {
 
 // open dials a backend into a reserved slot (already counted as active).
 func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
+	var epoch uint64
+	if key.Host != "" {
+		p.mu.Lock()
+		epoch = p.epochs[key.Host]
+		p.mu.Unlock()
+	}
 	c, err := p.dial(ctx, key)
 	p.mu.Lock()
 	defer p.mu.Unlock()
@@ -425,7 +448,7 @@ func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
 	}
 	k.opened++
 	now := time.Now()
-	b := &Backend{Conn: c, Key: key, created: now, lastUsed: now}
+	b := &Backend{Conn: c, Key: key, created: now, lastUsed: now, epoch: epoch}
 	p.lent[b] = struct{}{}
 	if k.uses != nil && key.Tenant != "" {
 		k.use(key).lent++ // its slot is already counted in perTen
@@ -547,6 +570,10 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 		return
 	case b.Conn != nil && b.RoleDefaults:
 		p.discard(k, b, ReasonRoleDefaults)
+		p.grantNext(nil)
+		return
+	case b.Key.Host != "" && b.epoch != p.epochs[b.Key.Host]:
+		p.discard(k, b, ReasonRetired)
 		p.grantNext(nil)
 		return
 	}
@@ -823,6 +850,34 @@ func (p *Pool) SetTenantMaxConns(tenant string, n int) {
 	p.cfg.TenantMaxConns = m
 	for p.grantNext(nil) {
 	}
+}
+
+// RetireHost closes the idle backends to host (a Key.Host) and makes those
+// lent out, or being dialled, close when released instead of returning
+// to their pool. The proxy retires a host when it stops or starts being
+// the primary. It returns how many idle backends it closed.
+func (p *Pool) RetireHost(host string) int {
+	if host == "" {
+		return 0
+	}
+	p.mu.Lock()
+	defer p.mu.Unlock()
+	p.epochs[host]++
+	n := 0
+	for _, k := range p.pools {
+		if k.key.Host != host || len(k.idle) == 0 {
+			continue
+		}
+		for _, b := range k.idle {
+			p.discard(k, b, ReasonRetired)
+			n++
+		}
+		clear(k.idle)
+		k.idle = k.idle[:0]
+	}
+	for p.grantNext(nil) {
+	}
+	return n
 }
 
 // Total is the number of server connections open or being opened.

@@ -543,3 +543,45 @@ func TestSharedPoolPerTenantCap(t *testing.T) {
 		t.Errorf("shared pool at the end: %+v", s)
 	}
 }
+
+// TestRetireHost: backends of one role on two hosts live in two pools;
+// retiring a host closes its idle backends and makes a lent one close when
+// released, while the other host's pool keeps its backends.
+func TestRetireHost(t *testing.T) {
+	defer goleak.VerifyNone(t, goleak.IgnoreCurrent())
+	e := newEnv(t)
+	p := newPool(t, e, pool.Config{MaxConns: 4})
+	onA, onB := e.dh, e.dh
+	onA.Host, onB.Host = "a:5432", "b:5432"
+	a1, a2, b1 := acquire(t, p, onA), acquire(t, p, onA), acquire(t, p, onB)
+	p.Release(a1, true)
+	p.Release(b1, true)
+	if got := p.Total(); got != 3 {
+		t.Fatalf("total %d, want 3", got)
+	}
+	if n := p.RetireHost("a:5432"); n != 1 {
+		t.Fatalf("RetireHost closed %d idle backends, want 1", n)
+	}
+	p.Release(a2, true) // dialled before the retirement: closed
+	if got := p.Total(); got != 1 {
+		t.Fatalf("total %d after retiring host a, want 1 (host b's)", got)
+	}
+	dials := e.dials.Load()
+	b2 := acquire(t, p, onB)
+	if e.dials.Load() != dials {
+		t.Fatal("host b's idle backend was not reused")
+	}
+	a3 := acquire(t, p, onA) // dialled after: kept
+	p.Release(a3, true)
+	p.Release(b2, true)
+	if got := p.Total(); got != 2 {
+		t.Fatalf("total %d, want 2", got)
+	}
+	var retired uint64
+	for _, st := range p.Stats() {
+		retired += st.Closed[pool.ReasonRetired]
+	}
+	if retired != 2 {
+		t.Fatalf("%d backends closed as retired, want 2", retired)
+	}
+}

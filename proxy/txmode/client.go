@@ -720,6 +720,18 @@ func (c *Client) attach(ctx context.Context) error {
 	return nil
 }
 
+// unreachable reports whether Acquire's err means the backend could not
+// be dialled: the host did not answer, or is starting up or shutting
+// down (57P03); not another ErrorResponse, a shutdown of the pool or a
+// cancellation.
+func unreachable(ctx context.Context, err error) bool {
+	if ctx.Err() != nil || errors.Is(err, pool.ErrClosed) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) || pgErr.Code == "57P03"
+}
+
 // queueTimeoutError is pool.ErrQueueTimeout with how long the client waited.
 type queueTimeoutError struct{ waited time.Duration }
 
@@ -729,14 +741,29 @@ func (e *queueTimeoutError) Unwrap() error { return pool.ErrQueueTimeout }
 // acquire borrows a usable backend with want applied; start is about now.
 func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (*pool.Backend, *serverState, error) {
 	var lastErr error
+	failed, rerouted := "", false
 	for i := range maxAcquireAttempts {
 		if i > 0 {
 			start = time.Now()
 		}
-		b, err := c.opts.Pool.Acquire(ctx, c.opts.Key)
+		key := c.opts.Key
+		if c.opts.Route != nil {
+			host, err := c.opts.Route(ctx, failed)
+			if err != nil {
+				return nil, nil, err
+			}
+			key.Host = host
+		}
+		b, err := c.opts.Pool.Acquire(ctx, key)
 		if err != nil {
 			if errors.Is(err, pool.ErrQueueTimeout) {
 				return nil, nil, &queueTimeoutError{waited: time.Since(start)}
+			}
+			if c.opts.Route != nil && !rerouted && unreachable(ctx, err) {
+				c.log.Info("upstream host unreachable; routing again", "host", key.Host, "error", err)
+				failed, rerouted = key.Host, true
+				lastErr = err
+				continue
 			}
 			return nil, nil, err
 		}

@@ -1,6 +1,7 @@
 package txmode
 
 import (
+	"context"
 	"errors"
 	"fmt"
 	"log/slog"
@@ -25,6 +26,13 @@ type Options struct {
 	// Pool lends backends; Key names the pool (the tenant's login role).
 	Pool *pool.Pool
 	Key  pool.Key
+	// Route, when set, picks the upstream host of every backend the
+	// client borrows: the backend comes from the pool of Key with Host
+	// set to what Route returns. When the backend cannot be dialled (the
+	// host is unreachable), Route is called once more with that host as
+	// failed. Its error (a *pgconn.PgError: an ERROR for the client)
+	// refuses the transaction.
+	Route func(ctx context.Context, failed string) (string, error)
 	// StartupParams are the client's allow-listed startup settings
 	// (application_name, DateStyle, TimeZone, search_path,
 	// client_encoding, extra_float_digits, IntervalStyle, ...), applied on

@@ -142,6 +142,35 @@ func (d *Dialer) Dial(ctx context.Context, opts Options) (*Conn, error) {
 	return nil, errors.Join(errs...)
 }
 
+// DialHost connects to one server, host and port (a Unix socket directory
+// when host starts with /), and logs in as opts.Role, trying the TLS
+// configurations in order (nil: plaintext) like libpq's sslmode
+// fallbacks. The URL's other hosts are not tried: the caller picked this
+// one (a primary, a standby).
+func (d *Dialer) DialHost(ctx context.Context, host string, port uint16, tlsConfigs []*tls.Config, opts Options) (*Conn, error) {
+	ctx, cancel := context.WithTimeout(ctx, d.timeout)
+	defer cancel()
+	if len(tlsConfigs) == 0 {
+		tlsConfigs = []*tls.Config{nil}
+	}
+	var errs []error
+	for _, tc := range tlsConfigs {
+		c, err := d.dialOne(ctx, &pgconn.FallbackConfig{Host: host, Port: port, TLSConfig: tc}, opts)
+		if err == nil {
+			return c, nil
+		}
+		var pgErr *pgconn.PgError
+		if errors.As(err, &pgErr) {
+			return nil, err
+		}
+		errs = append(errs, err)
+		if ctx.Err() != nil {
+			break
+		}
+	}
+	return nil, errors.Join(errs...)
+}
+
 func (d *Dialer) dialOne(ctx context.Context, t *pgconn.FallbackConfig, opts Options) (*Conn, error) {
 	network, address := "tcp", net.JoinHostPort(t.Host, strconv.Itoa(int(t.Port)))
 	if strings.HasPrefix(t.Host, "/") {

@@ -8,9 +8,10 @@ import (
 
 // TestDocsMetrics checks the metric table of docs/metrics.md against the
 // registry of a running proxy: every family it registers, with the type,
-// help and labels it exports.
+// help and labels it exports. The proxy has a standby as a second upstream
+// host, so the topology checker's series are among them.
 func TestDocsMetrics(t *testing.T) {
-	srv, clientURL := startProxy(t)
+	srv, clientURL := startProxy(t, true)
 	reg, ok := srv.Gatherer().(docgen.Registry)
 	if !ok {
 		t.Fatalf("the server's gatherer %T does not describe its collectors", srv.Gatherer())

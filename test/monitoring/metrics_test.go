@@ -51,8 +51,8 @@ var roleSecret = []byte("monitoring-test-role-secret-0123456789")
 
 // startProxy migrates a fresh database, creates the tenant roles and the
 // probe tenants, and runs a proxy with the isolation probe enabled until the
-// test ends.
-func startProxy(t *testing.T) (*proxy.Server, string) {
+// test ends; withStandby adds a streaming standby as a second upstream host.
+func startProxy(t *testing.T, withStandby bool) (*proxy.Server, string) {
 	t.Helper()
 	ctx, cancel := context.WithTimeout(context.Background(), 2*time.Minute)
 	defer cancel()
@@ -106,6 +106,18 @@ func startProxy(t *testing.T) (*proxy.Server, string) {
 	cfg.Probe.Enabled = true
 	cfg.Probe.Interval = 100 * time.Millisecond
 	cfg.Limits.ShutdownTimeout = 10 * time.Second
+	if withStandby {
+		// A streaming standby as a second upstream host: the proxy runs
+		// the topology checker and exports its vitalproxy_upstream_*
+		// series (the lag gauges exist for standbys only).
+		s, err := c.StartStandby(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(s.Stop)
+		cfg.Upstream.Hosts = []string{net.JoinHostPort(s.Host, strconv.Itoa(s.Port))}
+		cfg.Upstream.HealthInterval = 200 * time.Millisecond
+	}
 
 	srv, err := proxy.New(cfg, slog.New(slog.DiscardHandler))
 	if err != nil {
@@ -192,7 +204,7 @@ func registered(t *testing.T, reg prometheus.Registerer, name string) bool {
 // dashboard use against a running proxy.
 func TestReferencedMetricsExist(t *testing.T) {
 	refs := referencedMetrics(t)
-	srv, clientURL := startProxy(t)
+	srv, clientURL := startProxy(t, false)
 	g := srv.Gatherer()
 	reg, ok := g.(prometheus.Registerer)
 	if !ok {
