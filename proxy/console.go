@@ -3,6 +3,7 @@ package proxy
 import (
 	"context"
 	"fmt"
+	"net"
 	"slices"
 	"sort"
 	"strconv"
@@ -11,6 +12,7 @@ import (
 	"sync/atomic"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
 	dto "github.com/prometheus/client_model/go"
 
 	"github.com/vitalproxy/vitalproxy/auth"
@@ -183,6 +185,8 @@ func (b consoleBackend) Show(_ context.Context, topic string) (*console.Table, e
 		return b.s.showStats()
 	case console.TopicUsers:
 		return b.s.showUsers(), nil
+	case console.TopicUpstreams:
+		return b.s.showUpstreams(), nil
 	case console.TopicConfig:
 		t := &console.Table{Columns: []string{"key", "value"}, TenantColumn: -1}
 		for _, kv := range b.s.rt.Load().cfg.Settings() {
@@ -598,4 +602,32 @@ func describeChanges(before, after [][2]string, db, da *auth.Directory) string {
 		return "reloaded; nothing changed"
 	}
 	return "reloaded; changed: " + strings.Join(changed, ", ")
+}
+
+// showUpstreams lists the upstream hosts as the health checker last saw
+// them; with a single host (no checker) one row without a reading.
+func (s *Server) showUpstreams() *console.Table {
+	t := &console.Table{Columns: []string{"host", "role", "in_recovery", "timeline", "lag_bytes", "lag_ms", "checked_at", "error"},
+		TenantColumn: -1}
+	if s.router == nil {
+		host := "?"
+		if cfg, err := pgconn.ParseConfig(s.rt.Load().cfg.Upstream.URL); err == nil {
+			host = net.JoinHostPort(cfg.Host, strconv.Itoa(int(cfg.Port)))
+		}
+		t.Rows = append(t.Rows, []string{host, "unchecked", "", "", "", "", "", "one upstream host: no health checker"})
+		return t
+	}
+	for _, h := range s.router.checker.Hosts() {
+		errText := ""
+		if h.Err != nil {
+			errText = h.Err.Error()
+		}
+		checked := ""
+		if !h.CheckedAt.IsZero() {
+			checked = console.Time(h.CheckedAt)
+		}
+		t.Rows = append(t.Rows, []string{h.Name, string(h.Role), boolText(h.InRecovery), strconv.FormatUint(uint64(h.Timeline), 10),
+			strconv.FormatInt(h.LagBytes, 10), ms(h.Lag), checked, errText})
+	}
+	return t
 }

@@ -48,11 +48,14 @@ const (
 	TopicUsers   = "users"
 	TopicConfig  = "config"
 	TopicVersion = "version"
+	// TopicUpstreams: the upstream hosts and what the health checker last
+	// saw of them.
+	TopicUpstreams = "upstreams"
 	TopicHelp    = "help"
 )
 
 var topics = map[string]bool{TopicTenants: true, TopicPools: true, TopicClients: true, TopicServers: true,
-	TopicStats: true, TopicUsers: true, TopicConfig: true, TopicVersion: true, TopicHelp: true}
+	TopicStats: true, TopicUsers: true, TopicConfig: true, TopicVersion: true, TopicHelp: true, TopicUpstreams: true}
 
 // Limits SET TENANT may change.
 const (
@@ -389,7 +392,7 @@ func (p *parser) show() (*Command, error) {
 		p.pos++
 		c := &Command{Kind: KindShow, Topic: word}
 		if p.keyword("WHERE") {
-			if c.Topic == TopicVersion || c.Topic == TopicHelp || c.Topic == TopicConfig {
+			if c.Topic == TopicVersion || c.Topic == TopicHelp || c.Topic == TopicConfig || c.Topic == TopicUpstreams {
 				return nil, syntaxError("SHOW %s takes no WHERE", strings.ToUpper(c.Topic))
 			}
 			if !p.keyword("TENANT") {

@@ -212,6 +212,10 @@ func (s *session) show(ctx context.Context, cmd *Command) (*result, error) {
 		if err := s.requireUnbound("SHOW CONFIG"); err != nil {
 			return nil, err
 		}
+	case TopicUpstreams:
+		if err := s.requireUnbound("SHOW UPSTREAMS"); err != nil {
+			return nil, err
+		}
 	}
 	if cmd.Tenant != "" {
 		if err := s.mayTenant(cmd.Tenant); err != nil {
@@ -264,6 +268,7 @@ var Help = [][2]string{
 	{"SHOW USERS [WHERE tenant = 'slug']", "every proxy user (config file and database), without its verifier"},
 	{"SHOW CONFIG", "the running configuration, secrets redacted (unbound users only)"},
 	{"SHOW VERSION", "the proxy's version"},
+	{"SHOW UPSTREAMS", "the upstream hosts: role (primary, standby, fenced, refused, down), timeline, replication lag, last check"},
 	{"SHOW HELP", "this list"},
 	{"PAUSE [TENANT slug] [TIMEOUT seconds]", "admin: hold the tenant's (or every tenant's) new transactions and wait until its server connections are idle"},
 	{"RESUME [TENANT slug]", "admin: release a paused tenant (or every one)"},

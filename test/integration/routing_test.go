@@ -13,6 +13,7 @@ import (
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
 
+	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/config"
 	"github.com/vitalproxy/vitalproxy/test/pgtest"
 )
@@ -131,9 +132,32 @@ func TestRoutingPrimaryAndStandby(t *testing.T) {
 	cfg := routingConfig(t, f, s)
 	cfg.Replica.MaxLagBytes = 64 << 10
 	cfg.Replica.MaxLag = 0
+	cfg.Console.Database = consoleDB
+	opsVerifier, err := auth.NewSCRAMVerifier("ops-pw")
+	if err != nil {
+		t.Fatal(err)
+	}
+	cfg.Users = append(cfg.Users, config.User{Name: "ops", Password: config.Secret(opsVerifier), Console: config.ConsoleAdmin})
 	r := startProxy(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), routingPatience)
 	defer cancel()
+
+	t.Run("SHOW UPSTREAMS", func(t *testing.T) {
+		c, err := pgx.Connect(ctx, r.consoleURL("ops"))
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer c.Close(context.Background())
+		roles := map[string]string{}
+		for _, row := range consoleRows(t, c, "SHOW UPSTREAMS") {
+			roles[row["host"]] = row["role"] + "/" + row["in_recovery"]
+		}
+		primary := net.JoinHostPort(p.Host, strconv.Itoa(p.Port))
+		standby := net.JoinHostPort(s.Host, strconv.Itoa(s.Port))
+		if roles[primary] != "primary/f" || roles[standby] != "standby/t" || len(roles) != 2 {
+			t.Errorf("SHOW UPSTREAMS: %v, want %s primary/f and %s standby/t", roles, primary, standby)
+		}
+	})
 
 	t.Run("read-only user on the standby", func(t *testing.T) {
 		pollRecovery(t, r, "rita", "rita-pw", f.dhPrivate, f.platformPrivate, true)
