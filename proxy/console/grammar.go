@@ -51,7 +51,7 @@ const (
 	// TopicUpstreams: the upstream hosts and what the health checker last
 	// saw of them.
 	TopicUpstreams = "upstreams"
-	TopicHelp    = "help"
+	TopicHelp      = "help"
 )
 
 var topics = map[string]bool{TopicTenants: true, TopicPools: true, TopicClients: true, TopicServers: true,
