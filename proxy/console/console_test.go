@@ -59,6 +59,7 @@ func TestParse(t *testing.T) {
 		"SHOW TENANTS WHERE user = 'x'":         CodeSyntax,
 		"SHOW TENANTS extra":                    CodeSyntax,
 		"SHOW VERSION WHERE tenant = 'x'":       CodeSyntax,
+		"SHOW UPSTREAMS WHERE tenant = 'x'":     CodeSyntax,
 		"PAUSE TENANT":                          CodeSyntax,
 		"PAUSE TIMEOUT -1":                      CodeBadValue,
 		"PAUSE TIMEOUT soon":                    CodeBadValue,
