@@ -5,10 +5,13 @@ import (
 	"errors"
 	"fmt"
 	"sync"
+	"sync/atomic"
 	"time"
 
 	"github.com/jackc/pgx/v5"
 	"github.com/jackc/pgx/v5/pgconn"
+
+	"github.com/vitalproxy/vitalproxy/proxy/topology"
 )
 
 // adminTimeout bounds one use of the admin connection.
@@ -19,12 +22,23 @@ const adminTimeout = 30 * time.Second
 // lazily and reconnects after a failure; uses are serialised. Safe for
 // concurrent use.
 type adminConn struct {
-	url  string
-	mu   sync.Mutex
-	conn *pgx.Conn
+	url string
+	// primary, when set, names the host to connect to instead of the
+	// URL's: the upstream topology's current primary (ok false: none
+	// known, the URL's hosts are used).
+	primary func() (topology.Endpoint, bool)
+	// stale asks the next use to connect afresh (set without waiting for
+	// a use in progress).
+	stale atomic.Bool
+	mu    sync.Mutex
+	conn  *pgx.Conn
 }
 
 func newAdminConn(url string) *adminConn { return &adminConn{url: url} }
+
+// reset makes the next use connect afresh (to a new primary). It does not
+// wait for a use in progress.
+func (a *adminConn) reset() { a.stale.Store(true) }
 
 // with runs fn on the connection, connecting first if needed.
 func (a *adminConn) with(ctx context.Context, fn func(*pgx.Conn) error) error {
@@ -32,10 +46,19 @@ func (a *adminConn) with(ctx context.Context, fn func(*pgx.Conn) error) error {
 	defer cancel()
 	a.mu.Lock()
 	defer a.mu.Unlock()
+	if a.stale.Swap(false) {
+		a.closeLocked()
+	}
 	if a.conn == nil || a.conn.IsClosed() {
 		cfg, err := pgx.ParseConfig(a.url)
 		if err != nil {
 			return errors.New("the admin database URL cannot be parsed")
+		}
+		if a.primary != nil {
+			if ep, ok := a.primary(); ok {
+				// The URL's credentials and TLS settings, on the primary.
+				cfg.Host, cfg.Port, cfg.Fallbacks = ep.Host, ep.Port, nil
+			}
 		}
 		c, err := pgx.ConnectConfig(ctx, cfg)
 		if err != nil {

@@ -171,6 +171,8 @@ func (s *Server) watchPrimary(ctx context.Context, r *router) {
 		}
 		if name != prev {
 			if prev != "" {
+				// The administrative connection moves to the new primary.
+				s.admin.reset()
 				n := s.pool.RetireHost(prev)
 				ended := s.endSessionsOn(prev)
 				s.logger.Warn("upstream primary changed; closing server connections to the former primary",

@@ -25,6 +25,7 @@ import (
 	"github.com/vitalproxy/vitalproxy/proxy/pool"
 	"github.com/vitalproxy/vitalproxy/proxy/rawio"
 	"github.com/vitalproxy/vitalproxy/proxy/sessionmode"
+	"github.com/vitalproxy/vitalproxy/proxy/topology"
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -237,6 +238,17 @@ func New(cfg *config.Config, logger *slog.Logger, opts ...Option) (*Server, erro
 	s.rt.Store(rt)
 	if s.router, err = newRouter(cfg, reg, logger); err != nil {
 		return nil, err
+	}
+	if r := s.router; r != nil {
+		// The administrative connection follows the primary.
+		s.admin.primary = func() (topology.Endpoint, bool) {
+			h, ok := r.checker.Primary()
+			if !ok {
+				return topology.Endpoint{}, false
+			}
+			ep, ok := r.hosts[h.Name]
+			return ep, ok
+		}
 	}
 	return s, nil
 }

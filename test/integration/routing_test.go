@@ -245,6 +245,7 @@ func testFailover(t *testing.T, f *fixture, p, s *pgtest.Cluster, _ *running) {
 	cfg.Pool.Mode = "transaction"
 	cfg.Pool.MaxServerConns = 4
 	cfg.Upstream.FailoverTimeout = 15 * time.Second
+	cfg.Metrics.Listen = "127.0.0.1:0"
 	r := startProxy(t, cfg)
 	ctx, cancel := context.WithTimeout(context.Background(), routingPatience)
 	defer cancel()
@@ -322,6 +323,14 @@ func testFailover(t *testing.T, f *fixture, p, s *pgtest.Cluster, _ *running) {
 	if found != len(res.acked) {
 		t.Errorf("the new primary has %d of the %d acknowledged rows", found, len(res.acked))
 	}
+	// The administrative connection follows the primary: /readyz (a ping
+	// and the schema check on it) answers 200 again with the first
+	// primary gone.
+	readyz := "http://" + r.srv.MetricsAddr().String() + "/readyz"
+	eventually(t, "/readyz 200 after the failover", func() bool {
+		code, _ := httpGet(t, readyz)
+		return code == 200
+	})
 
 	// With no primary left, a writer waits failover_timeout, then gets
 	// ERROR 53300.
