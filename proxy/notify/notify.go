@@ -59,14 +59,12 @@ func (n *Namespace) Channel(name string) string { return n.prefix + name }
 
 // Notification maps the body of a NotificationResponse (process id,
 // channel, payload) for the client: the channel loses the namespace prefix.
-// The notifying process id is the real pid of the backend that ran the
-// NOTIFY, which is what that session's pg_backend_pid() returns and, in
-// session mode, the pid its client was told; it passes unchanged unless
-// backendPID is nonzero, in which case that pid becomes clientPID (for a
-// client told another pid than its backend's; both pool modes pass 0). It
-// reports false when the notification is outside the namespace and must be
+// The notifying process id passes unchanged: it is the real pid of the
+// backend that ran the NOTIFY, what that session's pg_backend_pid()
+// returns and, in session mode, the pid its client was told. It reports
+// false when the notification is outside the namespace and must be
 // dropped, or malformed. dst is reused for the result.
-func (n *Namespace) Notification(dst, body []byte, backendPID, clientPID uint32) ([]byte, bool) {
+func (n *Namespace) Notification(dst, body []byte) ([]byte, bool) {
 	if len(body) < 6 {
 		return dst, false
 	}
@@ -75,23 +73,19 @@ func (n *Namespace) Notification(dst, body []byte, backendPID, clientPID uint32)
 	if end < 0 || end < len(n.prefix) || string(rest[:len(n.prefix)]) != n.prefix {
 		return dst, false
 	}
-	pid := binary.BigEndian.Uint32(body)
-	if backendPID != 0 && pid == backendPID {
-		pid = clientPID
-	}
-	dst = binary.BigEndian.AppendUint32(dst, pid)
+	dst = append(dst, body[:4]...)
 	return append(dst, rest[len(n.prefix):]...), true
 }
 
 // NotificationMessage maps a whole NotificationResponse message (type,
 // length and body) like Notification, appending the new message to dst.
-func (n *Namespace) NotificationMessage(dst, msg []byte, backendPID, clientPID uint32) ([]byte, bool) {
+func (n *Namespace) NotificationMessage(dst, msg []byte) ([]byte, bool) {
 	if len(msg) < 5 || msg[0] != 'A' {
 		return dst, false
 	}
 	start := len(dst)
 	dst = append(dst, 'A', 0, 0, 0, 0)
-	dst, ok := n.Notification(dst, msg[5:], backendPID, clientPID)
+	dst, ok := n.Notification(dst, msg[5:])
 	if !ok {
 		return dst[:start], false
 	}

@@ -121,23 +121,21 @@ func TestNotificationMessage(t *testing.T) {
 	a := New(testSecret, tenantA)
 	b := New(testSecret, "22222222-2222-2222-2222-222222222222")
 	cases := []struct {
-		name      string
-		msg       []byte
-		want      []byte // nil: dropped
-		backendID uint32
+		name string
+		msg  []byte
+		want []byte // nil: dropped
 	}{
-		{"own channel", notification(77, a.Channel("orders"), "hi"), notification(77, "orders", "hi"), 5},
-		{"own backend pid mapped", notification(5, a.Channel("orders"), "hi"), notification(9, "orders", "hi"), 5},
-		{"pid unchanged without a mapping", notification(5, a.Channel("orders"), "hi"), notification(5, "orders", "hi"), 0},
-		{"other tenant", notification(77, b.Channel("orders"), "secret"), nil, 5},
-		{"unprefixed", notification(77, "orders", "x"), nil, 5},
-		{"prefix only as substring", notification(77, "x"+a.Channel("orders"), "x"), nil, 5},
-		{"truncated", notification(77, a.Prefix()[:4], "")[:12], nil, 5},
-		{"not a notification", []byte{'N', 0, 0, 0, 4}, nil, 5},
+		{"own channel", notification(77, a.Channel("orders"), "hi"), notification(77, "orders", "hi")},
+		{"pid unchanged", notification(5, a.Channel("orders"), "hi"), notification(5, "orders", "hi")},
+		{"other tenant", notification(77, b.Channel("orders"), "secret"), nil},
+		{"unprefixed", notification(77, "orders", "x"), nil},
+		{"prefix only as substring", notification(77, "x"+a.Channel("orders"), "x"), nil},
+		{"truncated", notification(77, a.Prefix()[:4], "")[:12], nil},
+		{"not a notification", []byte{'N', 0, 0, 0, 4}, nil},
 	}
 	for _, c := range cases {
 		t.Run(c.name, func(t *testing.T) {
-			got, ok := a.NotificationMessage([]byte("keep"), c.msg, c.backendID, 9)
+			got, ok := a.NotificationMessage([]byte("keep"), c.msg)
 			if c.want == nil {
 				if ok || string(got) != "keep" {
 					t.Fatalf("kept %q, want it dropped and dst untouched", got)

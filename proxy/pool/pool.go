@@ -242,8 +242,9 @@ type Pool struct {
 	// of its own.
 	expiry   *time.Timer
 	expiryAt time.Time // zero: not armed
-	// lent holds the backends lent out, for Servers.
-	lent map[*Backend]struct{}
+	// conns holds every open backend, lent or idle (for Servers and
+	// Reconnect); kept at dial and close, not per loan.
+	conns map[*Backend]struct{}
 	// epochs counts each host's retirements (RetireHost); a backend
 	// dialled before the latest is closed instead of kept.
 	epochs map[string]uint64
@@ -255,7 +256,7 @@ func New(cfg Config, dial DialFunc) (*Pool, error) {
 		return nil, fmt.Errorf("pool: MaxConns must be at least 1, got %d", cfg.MaxConns)
 	}
 	p := &Pool{cfg: cfg, dial: dial, perTen: map[string]int{}, pools: map[Key]*keyPool{},
-		queues: map[string][]*waiter{}, done: make(chan struct{}), lent: map[*Backend]struct{}{},
+		queues: map[string][]*waiter{}, done: make(chan struct{}), conns: map[*Backend]struct{}{},
 		epochs: map[string]uint64{}}
 	if cfg.IdleTimeout > 0 || cfg.MinIdle > 0 || len(cfg.TenantMinIdle) > 0 {
 		p.wg.Add(1)
@@ -449,7 +450,7 @@ func (p *Pool) open(ctx context.Context, key Key) (*Backend, error) {
 	k.opened++
 	now := time.Now()
 	b := &Backend{Conn: c, Key: key, created: now, lastUsed: now, epoch: epoch}
-	p.lent[b] = struct{}{}
+	p.conns[b] = struct{}{}
 	if k.uses != nil && key.Tenant != "" {
 		k.use(key).lent++ // its slot is already counted in perTen
 	}
@@ -478,7 +479,6 @@ func (p *Pool) takeIdle(k *keyPool, key Key) *Backend {
 		if k.uses != nil {
 			p.lend(k, b, key)
 		}
-		p.lent[b] = struct{}{}
 		return b
 	}
 	return nil
@@ -523,6 +523,7 @@ func (p *Pool) evictLRU(key Key) bool {
 
 // discard closes b and frees its slot without granting it. Caller holds mu.
 func (p *Pool) discard(k *keyPool, b *Backend, why Reason) {
+	delete(p.conns, b)
 	k.closed[why]++
 	p.total--
 	if !b.Key.Shared {
@@ -546,7 +547,6 @@ func (p *Pool) Release(b *Backend, reusable bool) {
 	defer p.mu.Unlock()
 	k := p.kp(b.Key)
 	k.active--
-	delete(p.lent, b)
 	prev := b.Key
 	if k.uses != nil {
 		p.unlend(k, b)
@@ -601,7 +601,6 @@ func (p *Pool) serveAgain(k *keyPool, b *Backend, prev Key) bool {
 		k.active++
 		b.Reused = true
 		p.lend(k, b, w.key)
-		p.lent[b] = struct{}{}
 		w.ready <- grant{b: b}
 		return true
 	}
@@ -623,7 +622,6 @@ func (p *Pool) grantNext(b *Backend) bool {
 			b.Reused = true
 			b.streak = 0
 			p.lend(k, b, w.key)
-			p.lent[b] = struct{}{}
 			w.ready <- grant{b: b}
 			return true
 		}
@@ -631,7 +629,6 @@ func (p *Pool) grantNext(b *Backend) bool {
 			p.pop(tenant)
 			p.kp(b.Key).active++
 			b.Reused = true
-			p.lent[b] = struct{}{}
 			w.ready <- grant{b: b}
 			return true
 		}
@@ -820,14 +817,15 @@ func (p *Pool) Stats() []Stats {
 func (p *Pool) Servers() []ServerInfo {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	out := make([]ServerInfo, 0, len(p.lent))
-	for b := range p.lent {
-		out = append(out, ServerInfo{PID: b.PID, Key: b.Key, Active: true, Created: b.created, LastUsed: b.lastUsed})
-	}
+	idle := map[*Backend]bool{}
 	for _, k := range p.pools {
 		for _, b := range k.idle {
-			out = append(out, ServerInfo{PID: b.PID, Key: b.Key, Created: b.created, LastUsed: b.lastUsed})
+			idle[b] = true
 		}
+	}
+	out := make([]ServerInfo, 0, len(p.conns))
+	for b := range p.conns {
+		out = append(out, ServerInfo{PID: b.PID, Key: b.Key, Active: !idle[b], Created: b.created, LastUsed: b.lastUsed})
 	}
 	return out
 }

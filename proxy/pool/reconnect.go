@@ -8,25 +8,25 @@ package pool
 func (p *Pool) Reconnect(tenant string) (closed, marked int) {
 	p.mu.Lock()
 	defer p.mu.Unlock()
-	for b := range p.lent {
+	if !p.closed {
+		for _, k := range p.pools {
+			if tenant != "" && k.key.Tenant != tenant {
+				continue
+			}
+			for _, b := range k.idle {
+				p.discard(k, b, ReasonReconnect)
+				closed++
+			}
+			clear(k.idle)
+			k.idle = k.idle[:0]
+		}
+	}
+	// What is left of the tenant's backends is lent out.
+	for b := range p.conns {
 		if (tenant == "" || b.Key.Tenant == tenant) && !b.retire {
 			b.retire = true
 			marked++
 		}
-	}
-	if p.closed {
-		return closed, marked
-	}
-	for _, k := range p.pools {
-		if tenant != "" && k.key.Tenant != tenant {
-			continue
-		}
-		for _, b := range k.idle {
-			p.discard(k, b, ReasonReconnect)
-			closed++
-		}
-		clear(k.idle)
-		k.idle = k.idle[:0]
 	}
 	if closed > 0 {
 		for p.grantNext(nil) {

@@ -218,7 +218,7 @@ func (f *framer) edit(msg []byte) ([]byte, bool) {
 	// The sender's pid passes unchanged: it is the backend that ran the
 	// NOTIFY, whose pid is the one the client was told when that backend
 	// is its own.
-	out, ok := f.ns.NotificationMessage(nil, msg, 0, 0)
+	out, ok := f.ns.NotificationMessage(nil, msg)
 	if !ok {
 		f.dropped++
 	}

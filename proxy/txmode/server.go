@@ -160,7 +160,7 @@ func (c *Client) serverLoop(b *pool.Backend, st *serverState, async bool) int {
 		case 'A':
 			if ns := c.opts.Channels; ns == nil {
 				c.toClient(st, msg)
-			} else if m, ok := ns.NotificationMessage(c.notification[:0], msg, 0, 0); ok {
+			} else if m, ok := ns.NotificationMessage(c.notification[:0], msg); ok {
 				c.notification = m
 				c.toClient(st, m)
 			} else if h := c.opts.Hooks.OnNotificationDropped; h != nil {
