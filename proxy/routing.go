@@ -142,17 +142,10 @@ func (r *router) recheck(ctx context.Context, failed string) {
 	r.recheckedAt = time.Now()
 }
 
-// isDialFailure reports whether err means a host could not be reached or
-// is starting up or shutting down (57P03); not another refusal of the
-// server, a queue timeout, a shutdown or a cancellation. Another host, or
-// the same after a health round, may then be tried.
+// isDialFailure reports whether err means a host could not be reached
+// (pool.DialFailed), not the proxy's own refusal of an unsafe login.
 func isDialFailure(err error) bool {
-	if err == nil || errors.Is(err, pool.ErrQueueTimeout) || errors.Is(err, pool.ErrClosed) ||
-		errors.Is(err, errUnsafeLogin) || errors.Is(err, context.Canceled) {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	return !errors.As(err, &pgErr) || pgErr.Code == codeCannotConnectNow
+	return pool.DialFailed(err) && !errors.Is(err, errUnsafeLogin)
 }
 
 // watchPrimary retires the pools of a host that stops or starts being the

@@ -26,6 +26,8 @@ import (
 	"sync"
 	"time"
 
+	"github.com/jackc/pgx/v5/pgconn"
+
 	"github.com/vitalproxy/vitalproxy/proxy/upstream"
 )
 
@@ -38,6 +40,19 @@ const aliveCheckAfter = 100 * time.Millisecond
 
 // ErrClosed means the pool was closed.
 var ErrClosed = errors.New("pool is closed")
+
+// DialFailed reports whether Acquire's err means a backend could not be
+// dialled: the host did not answer, or is starting up or shutting down
+// (57P03); not another ErrorResponse of the server, a queue timeout, the
+// pool's shutdown or a cancellation. Another host, or the same after a
+// health check, may then be tried.
+func DialFailed(err error) bool {
+	if err == nil || errors.Is(err, ErrQueueTimeout) || errors.Is(err, ErrClosed) || errors.Is(err, context.Canceled) {
+		return false
+	}
+	var pgErr *pgconn.PgError
+	return !errors.As(err, &pgErr) || pgErr.Code == "57P03"
+}
 
 // Key names a pool: one login role of one tenant, or (Shared) a pooled
 // role whose backends serve any tenant, borrowed on behalf of Tenant; on

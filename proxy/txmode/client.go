@@ -720,18 +720,6 @@ func (c *Client) attach(ctx context.Context) error {
 	return nil
 }
 
-// unreachable reports whether Acquire's err means the backend could not
-// be dialled: the host did not answer, or is starting up or shutting
-// down (57P03); not another ErrorResponse, a shutdown of the pool or a
-// cancellation.
-func unreachable(ctx context.Context, err error) bool {
-	if ctx.Err() != nil || errors.Is(err, pool.ErrClosed) {
-		return false
-	}
-	var pgErr *pgconn.PgError
-	return !errors.As(err, &pgErr) || pgErr.Code == "57P03"
-}
-
 // queueTimeoutError is pool.ErrQueueTimeout with how long the client waited.
 type queueTimeoutError struct{ waited time.Duration }
 
@@ -759,7 +747,7 @@ func (c *Client) acquire(ctx context.Context, want *settings, start time.Time) (
 			if errors.Is(err, pool.ErrQueueTimeout) {
 				return nil, nil, &queueTimeoutError{waited: time.Since(start)}
 			}
-			if c.opts.Route != nil && !rerouted && unreachable(ctx, err) {
+			if c.opts.Route != nil && !rerouted && ctx.Err() == nil && pool.DialFailed(err) {
 				c.log.Info("upstream host unreachable; routing again", "host", key.Host, "error", err)
 				failed, rerouted = key.Host, true
 				lastErr = err
