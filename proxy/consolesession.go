@@ -9,6 +9,11 @@ import (
 	"github.com/vitalproxy/vitalproxy/proxy/startup"
 )
 
+// maxConsoleLogins bounds the console sessions authenticating at once:
+// they count in no client limit, so unauthenticated connections to the
+// console database must not be a way around those.
+const maxConsoleLogins = 16
+
 // consoleCanceler takes a console session's cancel key; there is nothing
 // upstream to cancel.
 type consoleCanceler struct{}

@@ -187,6 +187,9 @@ type Server struct {
 	stopRun  atomic.Pointer[context.CancelFunc]
 	drainAll atomic.Bool
 	ready    chan struct{}
+	// consoleLogins counts console sessions still authenticating (they
+	// are exempt from limits.max_client_conns; see maxConsoleLogins).
+	consoleLogins atomic.Int64
 	// clients counts sessions past the StartupMessage, for
 	// limits.max_client_conns.
 	clients atomic.Int64

@@ -529,7 +529,16 @@ func (s *session) setup(ctx context.Context) (endReason, error) {
 	// client limits.
 	isConsole := params.Database == rt.cfg.Console.Database ||
 		(rt.cfg.Console.PgBouncerDatabase != "" && params.Database == rt.cfg.Console.PgBouncerDatabase)
-	if !isConsole {
+	if isConsole {
+		// Not yet authenticated: a bounded number of console log-ins at a
+		// time, so that the exemption is no way around the limits.
+		if n := s.srv.consoleLogins.Add(1); n > maxConsoleLogins {
+			s.srv.consoleLogins.Add(-1)
+			return reasonNone, newClientError(reasonTooManyClients, codeTooManyConnections, nil,
+				"sorry, too many console connections are logging in")
+		}
+		defer s.srv.consoleLogins.Add(-1)
+	} else {
 		if s.srv.draining.Load() {
 			return reasonNone, newClientError(reasonShuttingDown, codeCannotConnectNow, nil, "the proxy is shutting down")
 		}

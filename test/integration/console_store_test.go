@@ -6,6 +6,7 @@ import (
 	"testing"
 
 	"github.com/jackc/pgx/v5"
+	"github.com/jackc/pgx/v5/pgproto3"
 
 	"github.com/vitalproxy/vitalproxy/auth"
 	"github.com/vitalproxy/vitalproxy/auth/userstore"
@@ -61,5 +62,32 @@ func TestConsoleStoreUser(t *testing.T) {
 	}
 	if err := tryConnect(ctx, consoleURL("storeapp")); sqlstate(err) != "28000" {
 		t.Errorf("a store user without a console role reached the console: %v, want SQLSTATE 28000", err)
+	}
+}
+
+// TestConsoleLoginsBounded: connections to the console database count in
+// no client limit, so those still logging in are bounded: past the bound
+// the next one is refused (53300) while tenant clients keep connecting.
+func TestConsoleLoginsBounded(t *testing.T) {
+	noLeaks(t)
+	cfg := consoleConfig(t)
+	p := startProxy(t, cfg)
+	ctx := testCtx(t)
+	for i := 0; i < 16; i++ {
+		r := dialRaw(t, p.addr)
+		r.startup(map[string]string{"user": "ops", "database": consoleDB})
+		msg, err := r.receive()
+		if err != nil {
+			t.Fatalf("console login %d: %v", i, err)
+		}
+		if _, ok := msg.(*pgproto3.AuthenticationSASL); !ok {
+			t.Fatalf("console login %d: got %T, want the SASL challenge", i, msg)
+		}
+	}
+	r := dialRaw(t, p.addr)
+	r.startup(map[string]string{"user": "ops", "database": consoleDB})
+	r.expectFatal("53300")
+	if err := tryConnect(ctx, p.url("alice", "alice-pw")); err != nil {
+		t.Errorf("a tenant client while console logins are pending: %v", err)
 	}
 }
