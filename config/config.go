@@ -11,6 +11,7 @@ import (
 	"net"
 	"net/url"
 	"os"
+	"regexp"
 	"slices"
 	"strconv"
 	"strings"
@@ -805,8 +806,16 @@ func checkURL(what, raw string) error {
 	return nil
 }
 
-// Redacted returns a URL with its password replaced, for logs.
+// keywordSecret matches a password in libpq's keyword/value form
+// (password=secret, password = 'se cret').
+var keywordSecret = regexp.MustCompile(`(?i)\b(password|sslpassword)(\s*=\s*)('(?:[^'\\]|\\.)*'|\S*)`)
+
+// Redacted returns a connection string (a URL, or libpq's keyword/value
+// form) with its passwords replaced, for logs.
 func Redacted(raw string) string {
+	if !strings.HasPrefix(raw, "postgres://") && !strings.HasPrefix(raw, "postgresql://") {
+		return keywordSecret.ReplaceAllString(raw, "${1}${2}xxxxx")
+	}
 	u, err := url.Parse(raw)
 	if err != nil {
 		return "[unparsable URL]"

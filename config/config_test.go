@@ -149,9 +149,12 @@ func TestRequire(t *testing.T) {
 		"postgres://u:topsecret@h/db",
 		"postgres://u@h/db?password=topsecret",
 		"postgres://u@/db?host=/run/postgresql&password=topsecret&sslpassword=topsecret",
+		"postgres://u:topsecret@h1:5432,h2:5433/db",
+		"host=h1,h2 user=u password=topsecret dbname=db",
+		"host=h user=u password = 'top secret' sslpassword=topsecret",
 	} {
 		got := config.Redacted(raw)
-		if strings.Contains(got, "topsecret") || !strings.Contains(got, "xxxxx") {
+		if strings.Contains(got, "topsecret") || strings.Contains(got, "top secret") || !strings.Contains(got, "xxxxx") {
 			t.Errorf("Redacted(%s) = %s", raw, got)
 		}
 	}
